@@ -1,0 +1,117 @@
+"""Run stages with a resolved config: save the config, skip finished stages, time and summarise them.
+
+A stage is a module ``pipeline.stages.<name>`` with ``run(cfg, paths) -> dict | None``; the dict
+(if any) is a short summary (figures, output paths) printed at the end of ``run``/``demo``.
+A stage counts as finished when its marker ``.done/<stage>.json`` holds the hash of the config
+sections it depends on; change one of those keys, or pass ``--force``, and it runs again.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import time
+from typing import Any
+
+from pipeline.config import Config, save_config
+from pipeline.io import write_text_atomic
+from pipeline.paths import RunPaths
+
+STAGES = ["prepare", "folds", "train_det", "predict", "train_cls", "fuse", "evaluate", "submit"]
+
+_BASE = ["data", "image", "labels", "run.seed"]
+# Config sections each stage's result depends on (its inputs' sections included).
+DEPENDS = {
+    "prepare": _BASE,
+    "folds": _BASE + ["folds"],
+    "train_det": _BASE + ["folds", "det"],
+    "predict": _BASE + ["folds", "det"],
+    "train_cls": _BASE + ["folds", "cls"],
+    "fuse": _BASE + ["folds", "det", "cls", "fuse"],
+    "evaluate": _BASE + ["folds", "det", "cls", "fuse", "filter", "evaluate"],
+    "submit": _BASE + ["folds", "det", "cls", "fuse", "filter", "evaluate", "submit"],
+}
+
+
+def stage_exists(name: str) -> bool:
+    return importlib.util.find_spec(f"pipeline.stages.{name}") is not None
+
+
+def config_hash(cfg: Config, stage: str) -> str:
+    parts = {key: cfg.get_path(key) for key in DEPENDS.get(stage, _BASE)}
+    blob = json.dumps(Config(parts).to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def is_done(cfg: Config, paths: RunPaths, stage: str) -> bool:
+    marker = paths.done_marker(stage)
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("config_hash") == config_hash(cfg, stage)
+    except (ValueError, OSError):
+        return False
+
+
+def run_stage(stage: str, cfg: Config, *, force: bool | None = None) -> dict[str, Any]:
+    """Run one stage (or skip it when finished with the same config). Returns its summary."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
+    paths = RunPaths.from_config(cfg)
+    force = cfg.run.force if force is None else force
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, paths.config)
+    if not force and is_done(cfg, paths, stage):
+        prev = json.loads(paths.done_marker(stage).read_text())
+        summary = prev.get("summary") or {}
+        print(f"[{stage}] finished earlier with the same config: skipped (--force or run.force=true redoes it)")
+        return {"skipped": True, "seconds": 0.0, **summary}
+    module = importlib.import_module(f"pipeline.stages.{stage}")
+    print(f"[{stage}] running")
+    start = time.perf_counter()
+    summary = module.run(cfg, paths) or {}
+    seconds = time.perf_counter() - start
+    write_text_atomic(
+        paths.done_marker(stage),
+        json.dumps({"config_hash": config_hash(cfg, stage), "seconds": seconds, "summary": summary},
+                   indent=2, default=str),
+    )
+    print(f"[{stage}] done in {seconds:.1f} s")
+    return {"skipped": False, "seconds": seconds, **summary}
+
+
+def run_all(cfg: Config, stages: list[str] | None = None) -> dict[str, dict]:
+    """Run the configured stages in order; stages not built yet are reported and passed over."""
+    stages = list(stages or cfg.run.stages)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        from pipeline.errors import ConfigError
+
+        raise ConfigError(f"run.stages: unknown stage(s) {unknown}; stages are {STAGES}")
+    results: dict[str, dict] = {}
+    for stage in stages:
+        if not stage_exists(stage):
+            print(f"[{stage}] not available in this version: passed over")
+            continue
+        results[stage] = run_stage(stage, cfg)
+    print_summary(cfg, results)
+    return results
+
+
+def print_summary(cfg: Config, results: dict[str, dict]) -> None:
+    paths = RunPaths.from_config(cfg)
+    print("\n=== summary: run", paths.run_dir, "===")
+    total = 0.0
+    for stage, res in results.items():
+        secs = res.get("seconds", 0.0)
+        total += secs
+        extra = {k: v for k, v in res.items() if k not in ("skipped", "seconds")}
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in extra.items())
+        state = "skipped" if res.get("skipped") else f"{secs:7.1f} s"
+        print(f"  {stage:<10} {state:>10}  {shown}")
+    print(f"  {'total':<10} {total:8.1f} s")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
