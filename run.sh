@@ -19,8 +19,13 @@ need_install() {
 if need_install; then
   echo "[run.sh] installing requirements into $VENV (first use, or requirements.txt changed)..." >&2
   [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt >&2
+  log=$VENV/install.log
+  if ! { "$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
+         "$VENV/bin/python" -m pip install --disable-pip-version-check -r requirements.txt; } >"$log" 2>&1; then
+    grep -v "is ignored: it is neither" "$log" | tail -n 30 >&2
+    echo "[run.sh] install failed; full log: $log" >&2
+    exit 1
+  fi
   sha256sum requirements.txt | cut -d' ' -f1 > "$STAMP"
   echo "[run.sh] install done." >&2
 fi

@@ -40,7 +40,8 @@ def prepare_ultralytics() -> None:
     that name is in its config dir; matplotlib's DejaVuSans serves (it only draws labels).
     """
     apply()
-    cfg_dir = Path(os.environ["YOLO_CONFIG_DIR"])
+    # ultralytics keeps its files in $YOLO_CONFIG_DIR/Ultralytics (utils.get_user_config_dir).
+    cfg_dir = Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics"
     cfg_dir.mkdir(parents=True, exist_ok=True)
     import matplotlib
 
@@ -48,7 +49,9 @@ def prepare_ultralytics() -> None:
     for name in ("Arial.ttf", "Arial.Unicode.ttf"):
         dst = cfg_dir / name
         if not dst.exists():
-            dst.write_bytes(font_src.read_bytes())
+            tmp = dst.with_suffix(".tmp")
+            tmp.write_bytes(font_src.read_bytes())
+            tmp.replace(dst)  # atomic: parallel fold processes may race here
     from ultralytics import settings  # noqa: E402  (env is set above)
 
-    settings.update({"sync": False, "hub": False}) if "hub" in settings else settings.update({"sync": False})
+    settings.update({"sync": False})

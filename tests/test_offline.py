@@ -1,0 +1,33 @@
+import os
+import socket
+import urllib.request
+
+import pytest
+
+from tests.conftest import NetworkAttempt
+
+
+def test_offline_environment_is_set_on_import():
+    import pipeline  # noqa: F401
+
+    for key in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "NO_ALBUMENTATIONS_UPDATE", "HF_HUB_OFFLINE", "YOLO_CONFIG_DIR"):
+        assert key in os.environ, key
+    assert os.environ["YOLO_AUTOINSTALL"] == "0"
+
+
+def test_network_guard_catches_a_connection(no_network):
+    with pytest.raises(NetworkAttempt):
+        urllib.request.urlopen("http://example.com", timeout=1)
+    # the guard records the attempt; clear it so this test itself passes
+    assert no_network
+    no_network.clear()
+
+
+def test_loopback_is_allowed():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    cli = socket.socket()
+    cli.connect(srv.getsockname())
+    cli.close()
+    srv.close()
