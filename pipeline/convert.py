@@ -1,0 +1,287 @@
+"""Batch conversion of DICOM/PNG radiographs to training PNGs that never loses work.
+
+- Each PNG is written atomically (temporary file + ``os.replace``): a crash or Ctrl-C never
+  leaves a partial PNG, so "the file exists" means "the file is complete".
+- Resume: a job whose ``dest`` exists AND has a row in ``previous_meta`` is skipped (its previous
+  row is returned) unless ``force``; everything else is (re)converted.
+- A bad file becomes one row of ``failures`` (image_id, split, source, reason: one line, no
+  traceback); every other file still converts.
+- ``workers > 1`` runs a spawn-safe process pool (chunked ``imap_unordered``), with a tqdm bar.
+
+From Python::
+
+    from pipeline.convert import ConvertJob, ConvertOptions, convert_images
+    opts = ConvertOptions.from_config(cfg.image)
+    meta, failures = convert_images(jobs, opts, workers=2)
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+if TYPE_CHECKING:  # pandas is imported lazily: spawned workers start faster without it
+    import pandas as pd
+
+import numpy as np
+
+from pipeline.errors import ConfigError, DataError
+
+META_COLUMNS = ["image_id", "split", "height", "width", "out_height", "out_width", "photometric",
+                "bits_stored", "transfer_syntax", "source", "mapping", "inverted", "clahe", "decode_reduce"]
+FAILURE_COLUMNS = ["image_id", "split", "source", "reason"]
+
+
+@dataclass
+class ConvertOptions:
+    """How images are converted; ``from_config(cfg.image)`` reads the ``image:`` config section."""
+
+    size: int = 1024
+    square: bool = False
+    bits: int = 8
+    voi_lut: str = "auto"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    clahe: bool = True
+    clahe_clip: float = 2.0
+    clahe_grid: int = 8
+    denoise: bool = False
+    fast_decode: bool = True
+    decode_slack: float = 0.1
+    denoise_strength: float = 3.0
+    png_compression: int = 1
+
+    def __post_init__(self) -> None:
+        self.percentiles = tuple(float(p) for p in self.percentiles)  # type: ignore[assignment]
+        problems = []
+        if int(self.size) < 16:
+            problems.append(f"image.size must be >= 16, got {self.size}")
+        if self.bits not in (8, 16):
+            problems.append(f"image.bits must be 8 or 16, got {self.bits}")
+        if self.voi_lut not in ("auto", "on", "off"):
+            problems.append(f"image.voi_lut must be auto, on or off, got {self.voi_lut!r}")
+        if len(self.percentiles) != 2 or not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
+            problems.append(f"image.percentiles must be [low, high] with 0 <= low < high <= 100, got {list(self.percentiles)}")
+        if self.clahe_clip <= 0 or int(self.clahe_grid) < 1:
+            problems.append(f"image.clahe_clip must be > 0 and image.clahe_grid >= 1, got {self.clahe_clip}, {self.clahe_grid}")
+        if not 0 <= self.decode_slack < 0.5:
+            problems.append(f"image.decode_slack must be in [0, 0.5), got {self.decode_slack}")
+        if not 0 <= self.png_compression <= 9:
+            problems.append(f"png_compression must be 0..9, got {self.png_compression}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @classmethod
+    def from_config(cls, image_cfg: Mapping) -> "ConvertOptions":
+        """Build from the ``image:`` section (``cfg.image``); keys not named here keep defaults."""
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in dict(image_cfg).items() if k in known})
+
+    @property
+    def clahe_label(self) -> str:
+        return f"{float(self.clahe_clip)}/{int(self.clahe_grid)}" if self.clahe else "off"
+
+
+@dataclass
+class ConvertJob:
+    """One image to convert: ``source`` (DICOM or PNG) -> ``dest`` (PNG)."""
+
+    image_id: str
+    split: str
+    source: Path
+    dest: Path
+
+    def __post_init__(self) -> None:
+        self.source, self.dest = Path(self.source), Path(self.dest)
+
+
+def convert_one(job: ConvertJob, options: ConvertOptions) -> dict:
+    """Convert one image and write its PNG atomically; returns its meta row. Raises DataError."""
+    from pipeline import dicom, imaging
+    from pipeline.io import write_bytes_atomic
+
+    def target(height: int, width: int) -> tuple[int, int]:
+        return imaging.output_shape(height, width, options.size, options.square)
+
+    img = dicom.read_image(job.source, voi_lut=options.voi_lut, percentiles=options.percentiles,
+                           target_shape=target, fast_decode=options.fast_decode,
+                           decode_slack=options.decode_slack)
+    out_shape = imaging.output_shape(img.height, img.width, options.size, options.square)
+    pixels = imaging.resize(img.pixels, out_shape)
+    pixels = imaging.quantise(pixels, options.bits)
+    mapping = img.mapping
+    if options.denoise:
+        pixels = imaging.denoise(pixels, options.denoise_strength)
+        mapping += f", denoise {options.denoise_strength:g}"
+    if options.clahe:
+        pixels = imaging.clahe(pixels, options.clahe_clip, options.clahe_grid)
+    write_bytes_atomic(job.dest, imaging.encode_png(pixels, options.png_compression))
+    return {
+        "image_id": job.image_id, "split": job.split, "height": img.height, "width": img.width,
+        "out_height": int(pixels.shape[0]), "out_width": int(pixels.shape[1]),
+        "photometric": img.photometric, "bits_stored": img.bits_stored,
+        "transfer_syntax": img.transfer_syntax, "source": str(job.source), "mapping": mapping,
+        "inverted": bool(img.inverted), "clahe": options.clahe_label, "decode_reduce": int(img.decode_reduce),
+    }
+
+
+def _work(args: tuple[ConvertJob, ConvertOptions]) -> tuple[str, dict]:
+    """Worker (module level: picklable under spawn). Never raises for a bad file."""
+    job, options = args
+    try:
+        return "ok", convert_one(job, options)
+    except DataError as exc:
+        reason = str(exc)
+    except Exception as exc:  # noqa: BLE001  one bad file must not stop the batch
+        reason = f"{type(exc).__name__}: {exc}"
+    reason = " ".join(reason.split())[:500]  # one line, bounded
+    return "fail", {"image_id": job.image_id, "split": job.split, "source": str(job.source), "reason": reason}
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
+
+
+def convert_images(
+    jobs: Iterable[ConvertJob],
+    options: ConvertOptions,
+    workers: int = 1,
+    force: bool = False,
+    previous_meta: pd.DataFrame | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Convert ``jobs``; returns (meta, failures) with the columns of docs/DESIGN.md.
+
+    ``meta`` has one row per converted or skipped image in job order (skipped ones carry their
+    ``previous_meta`` row); ``failures`` one row per file that could not be converted.
+    ``workers`` <= 0 means all cores.
+    """
+    import pandas as pd
+
+    jobs = list(jobs)
+    seen: dict[tuple[str, str], Path] = {}
+    for job in jobs:
+        key = (job.split, job.image_id)
+        if key in seen:
+            raise DataError(f"image id {job.image_id!r} (split {job.split}) appears twice: {seen[key]} and "
+                            f"{job.source}; image ids must be unique within a split")
+        seen[key] = job.source
+    done = _previous_rows(previous_meta)
+    rows: dict[int, dict] = {}
+    todo: list[tuple[int, ConvertJob]] = []
+    for i, job in enumerate(jobs):
+        prev = done.get((job.split, job.image_id))
+        if not force and prev is not None and job.dest.is_file():
+            rows[i] = prev
+        else:
+            todo.append((i, job))
+
+    failures: list[dict] = []
+    workers = mp.cpu_count() if workers <= 0 else workers
+    workers = max(1, min(workers, len(todo)))
+    bar = _progress(len(todo), progress)
+    try:
+        if workers == 1:
+            _init_single()
+            results = ((i, _work((job, options))) for i, job in todo)
+            for i, (status, row) in results:
+                _collect(i, status, row, rows, failures, bar)
+        else:
+            ctx = mp.get_context("spawn")  # safe with threads (OpenCV, torch) in the parent
+            chunk = max(1, min(8, len(todo) // (workers * 4)))
+            with ctx.Pool(workers, initializer=_init_worker) as pool:
+                args = [((i, job), options) for i, job in todo]
+                for i, (status, row) in pool.imap_unordered(_indexed_work, args, chunksize=chunk):
+                    _collect(i, status, row, rows, failures, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    meta = pd.DataFrame([rows[i] for i in sorted(rows)], columns=META_COLUMNS)
+    meta = _meta_types(meta)
+    order = {job.image_id: i for i, job in enumerate(jobs)}
+    failures.sort(key=lambda r: order.get(r["image_id"], 0))
+    return meta, pd.DataFrame(failures, columns=FAILURE_COLUMNS)
+
+
+def _indexed_work(args):
+    (i, job), options = args
+    return i, _work((job, options))
+
+
+def _init_single() -> None:
+    pass  # single process: keep OpenCV's threads (the caller's process, nothing to oversubscribe)
+
+
+def _collect(i: int, status: str, row: dict, rows: dict, failures: list, bar) -> None:
+    if status == "ok":
+        rows[i] = row
+    else:
+        failures.append(row)
+        if bar is not None:
+            bar.set_postfix_str(f"failed {len(failures)}")
+    if bar is not None:
+        bar.update(1)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="images", unit="img", dynamic_ncols=True)
+
+
+def _previous_rows(previous_meta: pd.DataFrame | None) -> dict[tuple[str, str], dict]:
+    if previous_meta is None or len(previous_meta) == 0:
+        return {}
+    missing = [c for c in ("image_id", "split") if c not in previous_meta.columns]
+    if missing:
+        raise DataError(f"previous meta table lacks columns {missing}; expected {META_COLUMNS}")
+    out = {}
+    for rec in previous_meta.to_dict("records"):
+        row = {c: rec.get(c) for c in META_COLUMNS}
+        out[(str(row["split"]), str(row["image_id"]))] = row
+    return out
+
+
+def _meta_types(meta: pd.DataFrame) -> pd.DataFrame:
+    """Stable dtypes whether rows came from this run or from a CSV read back (resume)."""
+    import pandas as pd
+
+    meta = meta.copy()
+    for col in ("height", "width", "out_height", "out_width", "bits_stored", "decode_reduce"):
+        meta[col] = pd.to_numeric(meta[col]).astype("int64") if len(meta) else meta[col].astype("int64")
+    meta["inverted"] = meta["inverted"].map(_to_bool).astype(bool) if len(meta) else meta["inverted"].astype(bool)
+    for col in ("image_id", "split", "photometric", "transfer_syntax", "source", "mapping", "clahe"):
+        meta[col] = meta[col].astype(str)
+    return meta
+
+
+def _to_bool(v) -> bool:
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    return str(v).strip().lower() in ("true", "1", "yes")
+
+
+def read_meta(path: Path) -> pd.DataFrame | None:
+    """A previous ``meta.csv`` for resuming, or None when absent; ids and splits read as strings."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    # keep_default_na=False: an empty split (dicom2png) or an id like "NA" stays a string
+    meta = pd.read_csv(path, dtype={"image_id": str, "split": str, "transfer_syntax": str, "clahe": str},
+                       keep_default_na=False)
+    missing = [c for c in META_COLUMNS if c not in meta.columns]
+    if missing:
+        raise DataError(f"{path}: not a conversion meta table (missing columns {missing}); "
+                        f"delete it or pass --force")
+    return _meta_types(meta[META_COLUMNS])
+
+
+__all__ = ["ConvertOptions", "ConvertJob", "convert_images", "convert_one", "read_meta",
+           "META_COLUMNS", "FAILURE_COLUMNS"]

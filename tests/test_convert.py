@@ -1,0 +1,222 @@
+"""pipeline.convert (batches, failures, resume) and the dicom2png tool, on real files and broken copies."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+
+from pipeline import convert as convert_mod
+from pipeline.convert import META_COLUMNS, ConvertJob, ConvertOptions, convert_images, read_meta
+from pipeline.errors import DataError
+from pipeline.tools import dicom2png
+
+SIIM = "dicom/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+
+
+def real_sources(real_dir) -> list[Path]:
+    return (sorted(real_dir.glob("vinbigdata/dicom/*.dicom")) + sorted(real_dir.glob("dicom/**/*.dcm"))
+            + [real_dir / "chestxray14/images/00000001_000.png"])
+
+
+def jobs_for(paths, out: Path, split="train") -> list[ConvertJob]:
+    return [ConvertJob(p.stem, split, p, out / f"{p.stem}.png") for p in paths]
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_every_real_file_converts(real_dir, tmp_path, bits):
+    paths = real_sources(real_dir)
+    meta, failures = convert_images(jobs_for(paths, tmp_path), ConvertOptions(size=256, bits=bits), progress=False)
+    assert failures.empty and len(meta) == 9
+    assert list(meta.columns) == META_COLUMNS
+    for rec in meta.itertuples():
+        png = cv2.imread(str(tmp_path / f"{rec.image_id}.png"), cv2.IMREAD_UNCHANGED)
+        assert png.dtype == (np.uint8 if bits == 8 else np.uint16)
+        assert png.shape == (rec.out_height, rec.out_width) and max(png.shape) == 256
+        assert rec.inverted == (rec.photometric == "MONOCHROME1")
+        assert rec.clahe == "2.0/8"
+    vin = meta[meta["transfer_syntax"] == "1.2.840.10008.1.2.4.90"].set_index("image_id")
+    assert len(vin) == 4 and (vin["decode_reduce"] == 8).all()
+    assert (vin["mapping"] == "percentile 0.5-99.5").all()
+    # ORIGINAL sizes equal the competition's train_meta (dim0 = rows = height)
+    tm = pd.read_csv(real_dir / "vinbigdata/train_meta.csv").set_index("image_id").loc[vin.index]
+    assert (vin["height"] == tm["dim0"]).all() and (vin["width"] == tm["dim1"]).all()
+    png_row = meta.set_index("image_id").loc["00000001_000"]
+    assert (png_row["transfer_syntax"], png_row["mapping"]) == ("png", "png")
+
+
+def test_clahe_on_off_recorded_and_different(real_dir, tmp_path):
+    src = [real_dir / SIIM]
+    on, _ = convert_images(jobs_for(src, tmp_path / "on"), ConvertOptions(size=256), progress=False)
+    off, _ = convert_images(jobs_for(src, tmp_path / "off"), ConvertOptions(size=256, clahe=False), progress=False)
+    assert (on["clahe"].item(), off["clahe"].item()) == ("2.0/8", "off")
+    a = cv2.imread(str(tmp_path / "on" / f"{src[0].stem}.png"), 0).astype(int)
+    b = cv2.imread(str(tmp_path / "off" / f"{src[0].stem}.png"), 0).astype(int)
+    assert np.abs(a - b).mean() > 5
+
+
+def test_square_output(real_dir, tmp_path):
+    src = [real_dir / "vinbigdata/dicom/9943805f08872ab64d994fc84ff1b25d.dicom"]
+    meta, _ = convert_images(jobs_for(src, tmp_path), ConvertOptions(size=200, square=True), progress=False)
+    assert (meta["out_height"].item(), meta["out_width"].item()) == (200, 200)
+    assert (meta["height"].item(), meta["width"].item()) == (2280, 1936)
+
+
+def _native(ds, arr: np.ndarray) -> None:
+    """Make ``ds`` an uncompressed Explicit VR Little Endian dataset holding ``arr``."""
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PixelData = arr.tobytes()
+    ds.BitsAllocated = arr.dtype.itemsize * 8
+    ds.BitsStored = ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    ds.Rows, ds.Columns = arr.shape[:2]
+
+
+def build_bad_files(real_dir, tmp_path) -> dict[str, Path]:
+    """One broken file per failure kind, each made from a copy of the real SIIM DICOM."""
+    src = real_dir / SIIM
+    raw = src.read_bytes()
+    good = pydicom.dcmread(src)
+    arr16 = (good.pixel_array.astype(np.uint16) * 16)
+    d = tmp_path / "bad"
+    d.mkdir()
+    files = {}
+    files["empty"] = d / "empty.dcm"
+    files["empty"].write_bytes(b"")
+    files["truncated"] = d / "truncated.dcm"
+    files["truncated"].write_bytes(raw[: len(raw) // 2])
+    files["text"] = d / "text.dcm"
+    files["text"].write_text("image_id,class_name\nabc,Nodule\n" * 20)
+
+    def save(name, edit):
+        ds = pydicom.dcmread(src)
+        edit(ds)
+        files[name] = d / f"{name}.dcm"
+        ds.save_as(files[name], enforce_file_format=True)
+
+    save("no_pixels", lambda ds: delattr(ds, "PixelData"))
+
+    def short(ds):
+        _native(ds, arr16)
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+
+    save("short", short)
+
+    def rgb(ds):
+        _native(ds, np.dstack([good.pixel_array] * 3))
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+
+    save("rgb", rgb)
+
+    def multi(ds):
+        _native(ds, arr16)
+        ds.PixelData = ds.PixelData * 2
+        ds.NumberOfFrames = 2
+
+    save("multiframe", multi)
+    save("unsupported", lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2.4.100"))
+    save("constant", lambda ds: _native(ds, np.full((64, 64), 1000, np.uint16)))
+    return files
+
+
+EXPECTED_REASON = {
+    "empty": "empty file", "truncated": "truncated", "text": "not a DICOM", "no_pixels": "no PixelData",
+    "short": "PixelData has", "rgb": "colour image", "multiframe": "multi-frame",
+    "unsupported": "no pixel decoder", "constant": "constant image",
+}
+
+
+def test_bad_files_fail_alone(real_dir, tmp_path):
+    bad = build_bad_files(real_dir, tmp_path)
+    good = [real_dir / SIIM, real_dir / "vinbigdata/dicom/4004f114ab2ecb224ac7484957b79ea4.dicom"]
+    out = tmp_path / "out"
+    jobs = jobs_for(good[:1], out) + jobs_for(bad.values(), out) + jobs_for(good[1:], out)
+    meta, failures = convert_images(jobs, ConvertOptions(size=128), progress=False)
+    assert sorted(meta["image_id"]) == sorted(p.stem for p in good)
+    assert list(failures.columns) == ["image_id", "split", "source", "reason"]
+    reasons = dict(zip(failures["image_id"], failures["reason"]))
+    assert set(reasons) == set(EXPECTED_REASON)
+    for name, expected in EXPECTED_REASON.items():
+        assert expected in reasons[name], (name, reasons[name])
+        assert "\n" not in reasons[name] and "Traceback" not in reasons[name]
+        assert str(bad[name]) in reasons[name]  # the reason names the file
+    # only the good PNGs exist: no partial PNG, no leftover temporary file
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.png" for p in good)
+
+
+def test_resume_skips_and_force_redoes(real_dir, tmp_path, monkeypatch):
+    paths = [real_dir / SIIM, real_dir / "dicom/header_modified/Fake_MONOHR1.dcm"]
+    jobs = jobs_for(paths, tmp_path)
+    meta1, _ = convert_images(jobs, ConvertOptions(size=128), progress=False)
+    mtimes = {j.image_id: j.dest.stat().st_mtime_ns for j in jobs}
+
+    calls = []
+    real_one = convert_mod.convert_one
+    monkeypatch.setattr(convert_mod, "convert_one", lambda job, opts: calls.append(job.image_id) or real_one(job, opts))
+    meta2, _ = convert_images(jobs, ConvertOptions(size=128), previous_meta=meta1, progress=False)
+    assert calls == []
+    pd.testing.assert_frame_equal(meta1, meta2)
+    assert {j.image_id: j.dest.stat().st_mtime_ns for j in jobs} == mtimes
+
+    jobs[0].dest.unlink()  # a missing PNG is redone even though meta has its row
+    convert_images(jobs, ConvertOptions(size=128), previous_meta=meta1, progress=False)
+    assert calls == [jobs[0].image_id]
+
+    calls.clear()
+    convert_images(jobs, ConvertOptions(size=128), previous_meta=meta1, force=True, progress=False)
+    assert calls == [j.image_id for j in jobs]
+
+
+def test_two_workers(real_dir, tmp_path):
+    paths = [real_dir / SIIM, real_dir / "dicom/header_modified/Fake_MONOHR1.dcm",
+             real_dir / "chestxray14/images/00000001_000.png"]
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    meta, failures = convert_images(jobs_for(paths + [tmp_path / "empty.dcm"], tmp_path / "out"),
+                                    ConvertOptions(size=128), workers=2, progress=False)
+    assert list(meta["image_id"]) == [p.stem for p in paths]  # job order kept
+    assert list(failures["image_id"]) == ["empty"]
+
+
+def test_options_from_config_and_errors():
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+
+    opts = ConvertOptions.from_config(load_config(None, ["image.size=512", "image.clahe=false"]).image)
+    assert (opts.size, opts.clahe, opts.bits, opts.percentiles) == (512, False, 8, (0.5, 99.5))
+    with pytest.raises(ConfigError, match="bits"):
+        ConvertOptions(bits=12)
+
+
+def test_dicom2png_cli(real_dir, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "siim_noext").write_bytes((real_dir / SIIM).read_bytes())  # DICOM without extension
+    (inputs / "notes.txt").write_text("ignored")
+    png = real_dir / "chestxray14/images/00000001_000.png"
+    out = tmp_path / "out"
+    argv = [str(inputs), str(png), "--out", str(out), "--size", "128", "--quiet"]
+    assert dicom2png.main(argv) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["00000001_000.png", "siim_noext.png"]
+    assert pd.read_csv(out / "failures.csv").empty
+    assert len(read_meta(out / "meta.csv")) == 2
+    assert "2 converted, 0 skipped" in capsys.readouterr().out
+
+    (inputs / "broken.dcm").write_bytes(b"")
+    assert dicom2png.main(argv) == 1  # resumes: 2 skipped, 1 failed
+    text = capsys.readouterr().out
+    assert "0 converted, 2 skipped" in text and "1 failed" in text
+    assert list(pd.read_csv(out / "failures.csv")["image_id"]) == ["broken"]
+    assert len(read_meta(out / "meta.csv")) == 2
+
+    (inputs / "sub").mkdir()
+    (inputs / "sub" / "00000001_000.png").write_bytes(png.read_bytes())
+    with pytest.raises(DataError, match="both write"):
+        dicom2png.main(argv)
+    from pipeline.__main__ import main as cli
+
+    assert cli(["dicom2png", *argv]) == 2  # the CLI turns the DataError into "error: ..." and exit 2
