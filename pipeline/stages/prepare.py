@@ -1,0 +1,151 @@
+"""Stage ``prepare``: raw dataset -> annotation and image tables, PNGs, fused boxes, YOLO labels.
+
+Steps (every output through ``paths``, written atomically):
+
+1. demo data: with ``data.demo: true`` and no dataset in ``data.root``, generate the synthetic one;
+2. read the dataset (``pipeline.sources.load_dataset``): ``annotations.csv``, ``images.csv``;
+3. convert every image to PNG (``pipeline.convert``): ``images/<split>/<id>.png``, ``meta.csv``,
+   ``failures.csv`` (always written, empty when all converted). Images converted earlier are skipped;
+4. fuse the radiologists' boxes (``labels:`` section): ``boxes.csv`` (original pixels);
+5. YOLO labels for every converted train image (``labels/train/<id>.txt``; empty = normal) and
+   ``dataset.yaml`` (the 14 finding names).
+
+A file that cannot be converted does not stop the batch: everything good is written first, then the
+stage fails with a PipelineError that counts the failures and points at failures.csv. Running the
+stage again after fixing (or removing) those files converts only what is missing.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.classes import NORMAL_ID, class_names, finding_names
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.io import write_csv_atomic
+
+_SHOWN_FAILURES = 3  # failures quoted in the error message; the rest are in failures.csv
+
+
+def _has_dataset(root: Path, fmt: str) -> bool:
+    """True when ``root`` already holds the dataset's main annotation file."""
+    if fmt == "vinbigdata":
+        return (root / "train.csv").is_file()
+    if fmt == "chestxray14":
+        return any(root.glob("Data_Entry*.csv*"))
+    raise ConfigError(f"data.format must be vinbigdata or chestxray14, got {fmt!r}.")
+
+
+def _ensure_demo(cfg) -> None:
+    root, fmt = Path(cfg.data.root), str(cfg.data.format)
+    if not cfg.data.demo or _has_dataset(root, fmt):
+        return
+    from pipeline.demo import make_demo
+
+    print(f"[prepare] data.demo: generating the synthetic {fmt} dataset in {root} "
+          f"({cfg.data.demo_n_train} train, {cfg.data.demo_n_test} test images)")
+    make_demo(root, fmt=fmt, n_train=int(cfg.data.demo_n_train), n_test=int(cfg.data.demo_n_test),
+              seed=int(cfg.run.seed))
+
+
+def _workers(cfg) -> int:
+    n = int(cfg.run.workers)
+    if n < 0:
+        raise ConfigError(f"run.workers must be >= 0 (0 = all cores), got {n}.")
+    return n or (os.cpu_count() or 1)
+
+
+def _sizes_for_labels(images: pd.DataFrame, meta: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Original sizes (image_id, width, height) of the converted images, from meta.csv (the pixels that were
+    actually decoded), with a note when they differ from images.csv (the sizes the boxes were checked against)."""
+    sizes = meta[["image_id", "split", "width", "height"]]
+    both = sizes.merge(images[["image_id", "split", "width", "height"]], on=["image_id", "split"],
+                       suffixes=("", "_table"))
+    differ = both[(both["width"] != both["width_table"]) | (both["height"] != both["height_table"])]
+    notes = []
+    if len(differ):
+        eg = differ.iloc[0]
+        notes.append(f"{len(differ)} image(s) decode to a size other than images.csv gives (e.g. {eg['image_id']}: "
+                     f"{eg['width']}x{eg['height']} decoded, {eg['width_table']}x{eg['height_table']} in the table); "
+                     "labels use the decoded size. Check data.meta_csv against the DICOM headers.")
+    return sizes[["image_id", "width", "height"]], notes
+
+
+def run(cfg, paths) -> dict:
+    from pipeline.convert import ConvertJob, ConvertOptions, convert_images, read_meta
+    from pipeline.labels import dataset_yaml, fuse_annotations, write_yolo_labels
+    from pipeline.sources import load_dataset
+
+    fmt = str(cfg.data.format)
+    _ensure_demo(cfg)
+    options = ConvertOptions.from_config(cfg.image)  # bad image.* values fail before any work
+
+    # --- tables ----------------------------------------------------------------------------------
+    ds = load_dataset(cfg)
+    for line in ds.report:
+        print(f"[prepare] {line}")
+    write_csv_atomic(ds.annotations, paths.annotations_csv)
+    write_csv_atomic(ds.images, paths.images_csv)
+    images = ds.images
+
+    # --- images ----------------------------------------------------------------------------------
+    jobs = [ConvertJob(i, s, Path(src), paths.image(s, i))
+            for i, s, src in zip(images["image_id"], images["split"], images["source"])]
+    previous = None if cfg.run.force else read_meta(paths.meta_csv)
+    done_before = set() if previous is None else set(zip(previous["split"], previous["image_id"]))
+    n_skip = sum(1 for j in jobs if (j.split, j.image_id) in done_before and j.dest.is_file())
+    workers = _workers(cfg)
+    print(f"[prepare] converting {len(jobs) - n_skip} image(s) with {workers} worker(s)"
+          + (f"; {n_skip} converted earlier: skipped" if n_skip else ""))
+    t0 = time.perf_counter()
+    meta, failures = convert_images(jobs, options, workers=workers, force=bool(cfg.run.force),
+                                    previous_meta=previous)
+    t_convert = time.perf_counter() - t0
+    write_csv_atomic(meta, paths.meta_csv)
+    write_csv_atomic(failures, paths.failures_csv)
+
+    # --- boxes and labels --------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    boxes = fuse_annotations(ds.annotations, images[["image_id", "width", "height"]], method=str(cfg.labels.fuse),
+                             iou_thr=float(cfg.labels.iou_thr), classes=cfg.labels.classes,
+                             class_names=class_names(fmt))
+    write_csv_atomic(boxes, paths.boxes_csv)
+    sizes, notes = _sizes_for_labels(images, meta)
+    for line in notes:
+        print(f"[prepare] warning: {line}")
+    train_ok = meta.loc[meta["split"] == "train", "image_id"].tolist()
+    n_labels = write_yolo_labels(boxes, sizes, lambda i: paths.label("train", i), train_ok)
+    dataset_yaml(finding_names(fmt), paths.dataset_yaml)
+    t_labels = time.perf_counter() - t0
+
+    finding = boxes["class_id"] != NORMAL_ID
+    boxed_ids = set(boxes.loc[finding, "image_id"])
+    train_rows = images[images["split"] == "train"]
+    # Images whose image-level labels name a finding but that have no box (e.g. ChestX-ray14 train images)
+    # get empty label files, which a detector reads as "nothing here": say so rather than hide it.
+    unboxed = train_rows[~train_rows["image_id"].isin(boxed_ids)
+                         & ~train_rows["labels"].astype("str").isin(["", str(NORMAL_ID)])]
+    if len(unboxed):
+        print(f"[prepare] note: {len(unboxed)} train image(s) have findings in their labels but no box; their "
+              "YOLO label files are empty (background for the detector; the classifier still uses their labels)")
+    n_per_split = meta["split"].value_counts().to_dict()
+    print(f"[prepare] {int(finding.sum())} {cfg.labels.fuse} boxes from {int(ds.annotations['x_min'].notna().sum())} "
+          f"drawn; {n_labels} label files; convert {t_convert:.1f} s, labels {t_labels:.1f} s")
+
+    summary = {
+        "n_train": int(n_per_split.get("train", 0)),
+        "n_test": int(n_per_split.get("test", 0)),
+        "n_boxes": int(finding.sum()),
+        "n_failures": int(len(failures)),
+    }
+    if len(failures):
+        shown = "; ".join(f"{r.image_id} ({r.source}): {r.reason}"
+                          for r in failures.head(_SHOWN_FAILURES).itertuples())
+        more = f" and {len(failures) - _SHOWN_FAILURES} more" if len(failures) > _SHOWN_FAILURES else ""
+        raise PipelineError(
+            f"{len(failures)} of {len(jobs)} image(s) could not be converted, listed in {paths.failures_csv}: "
+            f"{shown}{more}. Everything else is written (images, meta.csv, boxes.csv, labels). Replace or remove "
+            "those files and run prepare again: images converted already are skipped.")
+    return summary
