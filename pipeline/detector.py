@@ -1,0 +1,357 @@
+"""Ultralytics YOLO, wrapped: device choice, offline-safe training of one fold, batched prediction.
+
+Coordinates: ultralytics returns boxes in pixels of the image it was given (the PNG written by
+prepare, ``out_width x out_height``); :func:`png_to_original_xyxy` maps them to ORIGINAL pixels
+(``width x height`` in meta.csv), the convention of every table in the run directory.
+
+Offline: :func:`pipeline.offline.prepare_ultralytics` runs before ultralytics is imported (font in
+place, sync off). Training uses :class:`OfflineDetectionTrainer` (built lazily by
+:func:`offline_trainer_class`), whose AMP check trusts AMP on GPUs instead of downloading
+``yolo26n.pt`` to compare FP32 and FP16 outputs (what ultralytics' ``check_amp`` does).
+Models come from a YAML that ultralytics ships (trained from scratch) or a local ``.pt``; any other
+``.pt`` name would make ultralytics download it, so it is refused up front.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from pipeline.boxes import BOX_COLUMNS, hflip_xyxy
+from pipeline.errors import ConfigError, PipelineError
+
+DET_COLUMNS = ["image_id", "class_id", "score", *BOX_COLUMNS, "tta"]
+
+# GPUs on which ultralytics' own check disables AMP (NaN losses / zero mAP reported there).
+_AMP_BAD_GPU = re.compile(r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)",
+                          re.IGNORECASE)
+
+
+# --- device and model -----------------------------------------------------------------------
+
+def resolve_device(device: Any) -> int | str | list[int]:
+    """``run.device`` -> what ultralytics takes: 'auto' -> 0 when CUDA is present else 'cpu';
+    'cpu' -> 'cpu'; '0' / 0 -> 0; '0,1' or [0, 1] -> [0, 1] (several GPUs: ultralytics runs DDP)."""
+    if isinstance(device, (list, tuple)):
+        ids = [int(d) for d in device]
+    else:
+        text = str(device).strip().lower()
+        if text in ("auto", ""):
+            import torch
+
+            return 0 if torch.cuda.is_available() else "cpu"
+        if text == "cpu":
+            return "cpu"
+        if text == "mps":
+            return "mps"
+        try:
+            ids = [int(p) for p in text.replace(" ", "").strip("[]").split(",") if p != ""]
+        except ValueError:
+            raise ConfigError(f"run.device={device!r} is not auto, cpu, a GPU id (0) or a list of ids (0,1).") from None
+    if not ids:
+        raise ConfigError(f"run.device={device!r} names no GPU; use auto, cpu, 0 or 0,1.")
+    return ids[0] if len(ids) == 1 else ids
+
+
+def is_gpu(device: Any) -> bool:
+    return device not in ("cpu", "mps")
+
+
+def check_model_spec(model: str) -> str:
+    """Validate ``det.model``: an existing local file, or a YAML name ultralytics ships.
+
+    Returns the string to hand to ``YOLO(...)``. A ``*.pt`` that is not a local file is an error:
+    ultralytics would try to download it (offline clusters fail, or hang on retries).
+    """
+    spec = str(model).strip()
+    if not spec:
+        raise ConfigError("det.model is empty; use a model YAML such as yolov8n.yaml or a local .pt file.")
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return str(path.resolve())
+    suffix = path.suffix.lower()
+    if suffix in (".pt", ".pth", ".onnx", ".engine"):
+        stem = re.sub(r"\.(pt|pth|onnx|engine)$", "", path.name)
+        raise PipelineError(
+            f"det.model={spec!r} is not an existing file, and ultralytics would try to download it. "
+            f"Train from scratch with a YAML (det.model={stem}.yaml), or download the weights once and "
+            f"pass their local path (det.model=/path/to/{path.name}).")
+    if suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"det.model={spec!r}: expected a model YAML (e.g. yolov8n.yaml, yolo11n.yaml) or a local .pt.")
+    return spec
+
+
+def _model_exists(spec: str) -> None:
+    """Fail early, with a useful message, when a YAML name is not one ultralytics ships."""
+    if Path(spec).is_file():
+        return
+    from ultralytics.nn.tasks import yaml_model_load  # resolves 'yolov8n.yaml' -> yolov8.yaml at scale n
+
+    try:
+        yaml_model_load(spec)
+    except (FileNotFoundError, OSError):
+        raise ConfigError(
+            f"det.model={spec!r}: no such local file and not a model YAML shipped with ultralytics "
+            "(examples: yolov8n.yaml, yolov8s.yaml, yolov5nu.yaml, yolo11n.yaml).") from None
+
+
+# --- offline trainer ------------------------------------------------------------------------
+
+def offline_check_amp(model) -> bool:
+    """Stand-in for ultralytics' ``check_amp``: same GPU blacklist, no weight download.
+
+    ultralytics compares a downloaded yolo26n.pt under FP32 and AMP; offline that download is
+    attempted (and retried) on every GPU training. AMP is well supported on current GPUs; the GPUs
+    ultralytics knows to misbehave still get it turned off.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return False
+    name = torch.cuda.get_device_name(device)
+    if _AMP_BAD_GPU.search(name):
+        print(f"[train_det] AMP disabled: {name} is known to give NaN losses under AMP")
+        return False
+    return True
+
+
+_TRAINER_CLASS = None
+
+
+def offline_trainer_class():
+    """``DetectionTrainer`` whose AMP check never downloads (importable by reference: DDP workers
+    unpickle the class by its module path, so it must live at module level once built)."""
+    global _TRAINER_CLASS, OfflineDetectionTrainer
+    if _TRAINER_CLASS is not None:
+        return _TRAINER_CLASS
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    import ultralytics.engine.trainer as trainer_module
+
+    class _OfflineDetectionTrainer(DetectionTrainer):
+        def _setup_train(self, *args, **kwargs):
+            original = trainer_module.check_amp
+            trainer_module.check_amp = offline_check_amp
+            try:
+                return super()._setup_train(*args, **kwargs)
+            finally:
+                trainer_module.check_amp = original
+
+    _OfflineDetectionTrainer.__name__ = _OfflineDetectionTrainer.__qualname__ = "OfflineDetectionTrainer"
+    _OfflineDetectionTrainer.__module__ = __name__
+    OfflineDetectionTrainer = _TRAINER_CLASS = _OfflineDetectionTrainer
+    return _TRAINER_CLASS
+
+
+def __getattr__(name: str):
+    # DDP workers unpickle ``pipeline.detector.OfflineDetectionTrainer`` by name: build it on demand.
+    if name == "OfflineDetectionTrainer":
+        return offline_trainer_class()
+    raise AttributeError(name)
+
+
+def import_ultralytics():
+    """Import ultralytics after making it offline-safe; returns the ``YOLO`` class."""
+    from pipeline.offline import prepare_ultralytics
+
+    prepare_ultralytics()
+    from ultralytics import YOLO
+
+    return YOLO
+
+
+# --- training one fold ----------------------------------------------------------------------
+
+def fold_files(det_dir: Path) -> dict[str, Path]:
+    """Files this module keeps in a fold's folder beside ultralytics' own outputs."""
+    return {"train_txt": det_dir / "train.txt", "val_txt": det_dir / "val.txt", "data_yaml": det_dir / "data.yaml",
+            "done": det_dir / "train_done.json", "started": det_dir / "train_started.json",
+            "last": det_dir / "weights" / "last.pt", "best": det_dir / "weights" / "best.pt"}
+
+
+def write_fold_lists(det_dir: Path, train_images: Sequence[Path], val_images: Sequence[Path],
+                     names: dict[int, str]) -> Path:
+    """train.txt / val.txt (absolute PNG paths, one a line: images are never copied) and data.yaml."""
+    import yaml
+
+    from pipeline.io import write_text_atomic
+
+    files = fold_files(det_dir)
+    write_text_atomic(files["train_txt"], "".join(f"{Path(p).resolve()}\n" for p in train_images))
+    write_text_atomic(files["val_txt"], "".join(f"{Path(p).resolve()}\n" for p in val_images))
+    data = {"path": str(det_dir.resolve()), "train": str(files["train_txt"].resolve()),
+            "val": str(files["val_txt"].resolve()), "nc": len(names),
+            "names": {int(k): str(v) for k, v in sorted(names.items())}}
+    write_text_atomic(files["data_yaml"], yaml.safe_dump(data, sort_keys=False))
+    return files["data_yaml"]
+
+
+def build_train_args(*, data_yaml: Path, det_dir: Path, epochs: int, imgsz: int, batch: int, device: Any,
+                     seed: int, workers: int, extra: dict | None = None) -> dict:
+    """Keyword arguments for ``YOLO.train``: fixed output folder, offline-safe, ``extra`` merged last."""
+    args = {
+        "data": str(data_yaml), "project": str(det_dir.parent.resolve()), "name": det_dir.name,
+        "exist_ok": True,           # fixed folder det/<name>/fold<k>, never fold<k>2
+        "epochs": int(epochs), "imgsz": int(imgsz), "batch": int(batch), "device": device,
+        "seed": int(seed), "deterministic": True, "workers": int(workers),
+        "amp": is_gpu(device),      # AMP on GPU (checked offline by OfflineDetectionTrainer), off on CPU
+        "plots": False,             # plots draw with fonts/matplotlib; the evaluate stage makes its own
+        "verbose": False,
+        "val": True,
+    }
+    args.update(dict(extra or {}))
+    return args
+
+
+def _args_fingerprint(model_spec: str, args: dict) -> dict:
+    keep = {k: v for k, v in args.items() if k not in ("workers", "device", "verbose", "batch")}
+    return json.loads(json.dumps({"model": model_spec, **keep}, default=str))
+
+
+def train_fold(model_spec: str, det_dir: Path, train_args: dict, *, force: bool = False) -> dict:
+    """Train one fold into ``det_dir`` (= ``project/name``), resuming or skipping as appropriate.
+
+    * finished (``weights/best.pt`` and ``train_done.json`` for the same arguments): skipped unless ``force``;
+    * interrupted (``weights/last.pt``, no done marker, same arguments): resumed from last.pt;
+    * otherwise (or when the arguments changed): trained from the start in the same folder.
+    Returns a summary dict (status, best weights, epochs, seconds).
+    """
+    import time
+
+    from pipeline.io import write_text_atomic
+
+    files = fold_files(det_dir)
+    fingerprint = _args_fingerprint(model_spec, train_args)
+
+    def same_args(marker: Path) -> bool:
+        try:
+            return json.loads(marker.read_text()).get("args") == fingerprint
+        except (OSError, ValueError):
+            return False
+
+    if not force and files["done"].is_file() and files["best"].is_file() and same_args(files["done"]):
+        return {"status": "skipped", "best": str(files["best"])}
+    resume = (not force and files["last"].is_file() and not files["done"].is_file()
+              and same_args(files["started"]))
+    if not resume:  # a fresh start: old weights and logs must not be mistaken for this run's
+        for stale in ("weights", "results.csv", "args.yaml"):
+            target = det_dir / stale
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        files["done"].unlink(missing_ok=True)
+        write_text_atomic(files["started"], json.dumps({"args": fingerprint}, indent=2))
+
+    YOLO = import_ultralytics()
+    trainer = offline_trainer_class()
+    start = time.perf_counter()
+    if resume:
+        print(f"[train_det] resuming {det_dir} from {files['last']}")
+        model = YOLO(str(files["last"]))
+        keep = {k: train_args[k] for k in ("data", "device", "workers", "batch", "imgsz") if k in train_args}
+        model.train(trainer=trainer, resume=True, **keep)
+    else:
+        _model_exists(model_spec)
+        model = YOLO(model_spec)
+        try:
+            model.train(trainer=trainer, **train_args)
+        except SyntaxError as exc:  # ultralytics reports unknown/invalid train arguments this way
+            raise ConfigError(f"det.train_args: {exc}") from None
+    seconds = time.perf_counter() - start
+    if not files["best"].is_file():
+        raise PipelineError(f"training finished without {files['best']}; see {det_dir} (results.csv) for what happened.")
+    epochs_run = _epochs_in_results(det_dir / "results.csv")
+    write_text_atomic(files["done"], json.dumps({"args": fingerprint, "seconds": seconds,
+                                                 "epochs_run": epochs_run}, indent=2))
+    return {"status": "resumed" if resume else "trained", "best": str(files["best"]), "seconds": round(seconds, 1),
+            "epochs_run": epochs_run}
+
+
+def _epochs_in_results(path: Path) -> int | None:
+    try:
+        return int(len(pd.read_csv(path)))
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return None
+
+
+# --- prediction -------------------------------------------------------------------------------
+
+def png_to_original_xyxy(boxes, png_width, png_height, width, height) -> np.ndarray:
+    """Boxes in PNG pixels (x_min, y_min, x_max, y_max) -> ORIGINAL pixels, clipped to the image.
+
+    x is scaled by ``width / png_width`` and y by ``height / png_height`` (aspect-kept and square
+    resizes alike); the result lies in [0, width] x [0, height].
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+    sx, sy = float(width) / float(png_width), float(height) / float(png_height)
+    b[:, [0, 2]] = np.clip(b[:, [0, 2]] * sx, 0.0, float(width))
+    b[:, [1, 3]] = np.clip(b[:, [1, 3]] * sy, 0.0, float(height))
+    return b
+
+
+def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+    for i in range(0, len(items), max(1, size)):
+        yield items[i:i + size]
+
+
+def predict_images(model, items: Sequence[tuple[str, Path, float, float]], *, imgsz: int, conf: float, iou: float,
+                   max_det: int, batch: int, device: Any, tta_flip: bool, desc: str = "predict",
+                   ) -> tuple[pd.DataFrame, list[dict]]:
+    """Detect on PNGs; boxes come back in ORIGINAL pixels.
+
+    ``items``: (image_id, png_path, original_width, original_height). With ``tta_flip`` every image
+    is also predicted mirrored and those boxes are mirrored back (rows tagged ``tta='hflip'``).
+    Returns (detections with :data:`DET_COLUMNS`, failures [{image_id, path, error}]).
+    An unreadable image is recorded as a failure; the others are still predicted.
+    """
+    from tqdm.auto import tqdm
+    from ultralytics.utils.patches import imread
+
+    rows: list[pd.DataFrame] = []
+    failures: list[dict] = []
+    if isinstance(device, list):  # prediction runs on one GPU
+        device = device[0]
+    bar = tqdm(total=len(items), desc=desc, unit="img")
+    for chunk in _chunks(list(items), batch):
+        arrays, kept = [], []
+        for image_id, path, width, height in chunk:
+            im = imread(str(path))  # the same reader (and 16 -> 8 bit handling) as ultralytics training
+            if im is None:
+                failures.append({"image_id": image_id, "path": str(path), "error": "missing or unreadable PNG"})
+                continue
+            arrays.append(im)
+            kept.append((image_id, width, height, im.shape[1], im.shape[0]))
+        variants = [("orig", arrays)]
+        if tta_flip and arrays:
+            variants.append(("hflip", [np.ascontiguousarray(a[:, ::-1]) for a in arrays]))
+        for tag, batch_arrays in variants:
+            if not batch_arrays:
+                continue
+            results = model.predict(batch_arrays, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
+                                    device=device, verbose=False, batch=len(batch_arrays))
+            for (image_id, width, height, png_w, png_h), res in zip(kept, results):
+                data = res.boxes.data.cpu().numpy() if res.boxes is not None else np.zeros((0, 6))
+                if len(data) == 0:
+                    continue
+                xyxy = data[:, :4].astype(np.float64)
+                if tag == "hflip":
+                    xyxy = hflip_xyxy(xyxy, png_w)
+                xyxy = png_to_original_xyxy(xyxy, png_w, png_h, width, height)
+                rows.append(pd.DataFrame({
+                    "image_id": image_id, "class_id": data[:, 5].astype(int), "score": data[:, 4].astype(float),
+                    "x_min": xyxy[:, 0], "y_min": xyxy[:, 1], "x_max": xyxy[:, 2], "y_max": xyxy[:, 3],
+                    "tta": tag}))
+        bar.update(len(chunk))
+    bar.close()
+    if rows:
+        out = pd.concat(rows, ignore_index=True)[DET_COLUMNS]
+    else:
+        out = pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
+            DET_COLUMNS, [str, int, float, float, float, float, float, str])})
+    return out, failures
