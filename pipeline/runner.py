@@ -38,8 +38,21 @@ def stage_exists(name: str) -> bool:
     return importlib.util.find_spec(f"pipeline.stages.{name}") is not None
 
 
+def data_fingerprint(cfg: Config) -> list:
+    """Name, size and mtime of the dataset's top-level files (train.csv, Data_Entry, ...):
+    new or edited annotations make every stage stale, as a changed config key does."""
+    from pathlib import Path
+
+    root = Path(cfg.data.root)
+    if not root.is_dir():
+        return []
+    files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    return [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
+
+
 def config_hash(cfg: Config, stage: str) -> str:
     parts = {key: cfg.get_path(key) for key in DEPENDS.get(stage, _BASE)}
+    parts["data_files"] = data_fingerprint(cfg)
     blob = json.dumps(Config(parts).to_dict(), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -99,18 +112,36 @@ def run_all(cfg: Config, stages: list[str] | None = None) -> dict[str, dict]:
     return results
 
 
+# Figures worth a line at the end of a run, in this order, from whichever stage reported them.
+HEADLINE = [
+    ("submission", "submission"),
+    ("report", "report"),
+    ("oof_map", "out-of-fold mAP@0.4 (with the 2-class filter)"),
+    ("oof_map_no_filter", "out-of-fold mAP@0.4 (without the filter)"),
+    ("baseline_map", "out-of-fold mAP@0.4 of 'No finding' everywhere"),
+    ("test_map", "test mAP@0.4 against the demo truth"),
+    ("cls_oof_auc", "classifier out-of-fold AUC"),
+]
+
+
 def print_summary(cfg: Config, results: dict[str, dict]) -> None:
     paths = RunPaths.from_config(cfg)
-    print("\n=== summary: run", paths.run_dir, "===")
+    print(f"\n=== summary of {paths.run_dir} ===")
     total = 0.0
     for stage, res in results.items():
         secs = res.get("seconds", 0.0)
         total += secs
-        extra = {k: v for k, v in res.items() if k not in ("skipped", "seconds")}
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in extra.items())
-        state = "skipped" if res.get("skipped") else f"{secs:7.1f} s"
-        print(f"  {stage:<10} {state:>10}  {shown}")
-    print(f"  {'total':<10} {total:8.1f} s")
+        state = "skipped (finished earlier)" if res.get("skipped") else f"{secs:7.1f} s"
+        print(f"  {stage:<10} {state}")
+    print(f"  {'total':<10} {total:7.1f} s")
+    merged: dict[str, Any] = {}
+    for res in results.values():
+        merged.update({k: v for k, v in res.items() if v is not None})
+    lines = [(label, merged[key]) for key, label in HEADLINE if key in merged]
+    if lines:
+        width = max(len(label) for label, _ in lines)
+        for label, value in lines:
+            print(f"  {label:<{width}}  {_fmt(value)}")
 
 
 def _fmt(v: Any) -> str:
