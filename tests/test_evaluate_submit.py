@@ -216,3 +216,25 @@ def test_submission_for_the_real_test_ids_validates_against_the_real_sample(tmp_
     # coordinates stay in original pixels (to 0.1 px)
     first = back[(back["image_id"] == half["image_id"].iloc[0]) & (back["class_id"] != 14)].iloc[0]
     assert first["x_min"] == pytest.approx(x0[0], abs=0.06)
+
+
+def test_evaluate_without_detector_reports_the_classifier_alone(tmp_path):
+    # A classification-only run (ChestX-ray14 recipe): no detector predictions, no fuse stage.
+    cfg, paths = build_run(tmp_path)
+    for p in paths.predictions_dir.glob("det_*"):
+        p.unlink()
+    out = evaluate.run(cfg, paths)
+    # P_OOF vs labels: abnormal t1 0.99, t2 0.5, t4 0.97; normal t0 0.01, t3 0.02, t5 0.3 -> every abnormal
+    # outranks every normal: AUC 1.0
+    assert out["cls_auc"] == pytest.approx(1.0)
+    metrics = json.loads(paths.metrics_json.read_text())
+    assert metrics["detector"] is None and metrics["summary"]["cls_auc"] == pytest.approx(1.0)
+    assert paths.report.is_file() and (paths.plots_dir / "classifier_roc.png").is_file()
+
+
+def test_evaluate_without_any_predictions_says_what_to_run(tmp_path):
+    cfg, paths = build_run(tmp_path, with_cls=False)
+    for p in paths.predictions_dir.glob("det_*"):
+        p.unlink()
+    with pytest.raises(Exception, match="Run the fuse stage first"):
+        evaluate.run(cfg, paths)

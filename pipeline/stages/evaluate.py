@@ -161,6 +161,8 @@ def run(cfg, paths: RunPaths) -> dict:
 
     iou = float(cfg.evaluate.iou_thr)
     names = class_names(cfg.data.format)
+    if not paths.filtered_predictions("oof").is_file() and _classifier_file(cfg, paths).is_file():
+        return _classifier_only(cfg, paths, names, plot_roc, table_html, write_report)
     if not paths.filtered_predictions("oof").is_file():
         raise PipelineError(f"{paths.filtered_predictions('oof')}: out-of-fold final predictions not found. "
                             "Run the fuse stage first (it needs out-of-fold detector predictions).")
@@ -261,6 +263,49 @@ def run(cfg, paths: RunPaths) -> dict:
     if cfg.evaluate.plots:
         out["report"] = str(paths.report)
     return out
+
+
+def _classifier_file(cfg, paths: RunPaths) -> Path:
+    return paths.cls_predictions(cfg.filter.classifier or cfg.cls.name, "oof")
+
+
+def _classifier_only(cfg, paths: RunPaths, names, plot_roc, table_html, write_report) -> dict:
+    """A run without detector predictions (e.g. ChestX-ray14 classification): classifier metrics only,
+    plus the weak-localisation table train_cls wrote, in the same metrics.json / report.html."""
+    cls_metrics, roc_curves = classifier_metrics(cfg, paths, names)
+    cls_dir = paths.cls_dir(cfg.cls.name, 0).parent
+    cls_json = cls_dir / "metrics.json"
+    extra = json.loads(cls_json.read_text()) if cls_json.is_file() else {}
+    metrics = {"run": paths.name, "dataset": cfg.data.format, "detector": None,
+               "note": "no detector predictions in this run: classifier metrics only",
+               "summary": {"cls_auc": cls_metrics.get("auc")}, "classifier": cls_metrics,
+               "classifier_details": extra}
+    write_text_atomic(paths.metrics_json, json.dumps(_json_safe(metrics), indent=2))
+    figures: list[Path] = []
+    if cfg.evaluate.plots:
+        if roc_curves:
+            figures.append(plot_roc(roc_curves, paths.plots_dir / "classifier_roc.png"))
+        sections = [("Summary", f"<p>No detector predictions in this run; classifier AUC (out-of-fold): "
+                                f"{_f(cls_metrics.get('auc'))}</p>")]
+        if cls_metrics.get("per_label"):
+            pl = pd.DataFrame({"AUC": cls_metrics["per_label"]})
+            pl.index.name = "label"
+            sections.append(("Classifier AUC per label", table_html(pl)))
+        loc = extra.get("localization") or extra.get("localisation")
+        if isinstance(loc, dict) and isinstance(loc.get("overall"), dict):
+            rows = {"all boxes": loc["overall"], **(loc.get("per_class") or {})}
+            if loc.get("reference_wang2017_mean"):
+                rows["Wang et al. 2017 (mean)"] = loc["reference_wang2017_mean"]
+            table = pd.DataFrame({k: {t: v for t, v in r.items() if t != "n_boxes"} for k, r in rows.items()}).T
+            table.index.name = f"T (IoU threshold); {loc.get('n_boxes', '?')} boxes"
+            sections.append(("Weak localisation (Grad-CAM boxes): share of boxes found at IoU > T",
+                             table_html(table)))
+        write_report(paths.report, f"Run {paths.name}: evaluation (classifier only)", sections, figures)
+    print(f"[evaluate] no detector predictions: classifier out-of-fold AUC {_f(cls_metrics.get('auc'))}")
+    out = {"cls_auc": cls_metrics.get("auc"), "metrics": str(paths.metrics_json)}
+    if cfg.evaluate.plots:
+        out["report"] = str(paths.report)
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _f(v) -> str:
