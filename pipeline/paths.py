@@ -106,8 +106,24 @@ class RunPaths:
     def det_weights(self, name: str, fold: int) -> Path:
         return self.det_dir(name, fold) / "weights" / "best.pt"
 
+    def cls_root(self, name: str) -> Path:
+        """A classifier's folder: fold<k>/ plus its run-level metrics, ROC and Grad-CAM outputs."""
+        return self.run_dir / "cls" / name
+
     def cls_dir(self, name: str, fold: int) -> Path:
-        return self.run_dir / "cls" / name / f"fold{fold}"
+        return self.cls_root(name) / f"fold{fold}"
+
+    def cls_metrics(self, name: str) -> Path:
+        return self.cls_root(name) / "metrics.json"
+
+    def cls_roc(self, name: str) -> Path:
+        return self.cls_root(name) / "roc.png"
+
+    def cls_gradcam(self, name: str, image_id: str) -> Path:
+        return self.cls_root(name) / "gradcam" / f"{image_id}.png"
+
+    def cls_cam_boxes(self, name: str) -> Path:
+        return self.cls_root(name) / "cam_boxes.csv"
 
     def cls_weights(self, name: str, fold: int) -> Path:
         return self.cls_dir(name, fold) / "best.pt"
@@ -120,6 +136,10 @@ class RunPaths:
     def det_predictions(self, name: str, fold: int, split: str) -> Path:
         """``split`` is 'oof' (the fold's validation images) or 'test'."""
         return self.predictions_dir / f"det_{name}_fold{fold}_{split}.csv"
+
+    def det_failures(self, name: str) -> Path:
+        """Images a detector could not predict (missing or unreadable PNG, no meta row)."""
+        return self.predictions_dir / f"det_{name}_failures.csv"
 
     def cls_predictions(self, name: str, split: str) -> Path:
         return self.predictions_dir / f"cls_{name}_{split}.csv"

@@ -273,8 +273,7 @@ def _classifier_only(cfg, paths: RunPaths, names, plot_roc, table_html, write_re
     """A run without detector predictions (e.g. ChestX-ray14 classification): classifier metrics only,
     plus the weak-localisation table train_cls wrote, in the same metrics.json / report.html."""
     cls_metrics, roc_curves = classifier_metrics(cfg, paths, names)
-    cls_dir = paths.cls_dir(cfg.cls.name, 0).parent
-    cls_json = cls_dir / "metrics.json"
+    cls_json = paths.cls_metrics(cfg.cls.name)
     extra = json.loads(cls_json.read_text()) if cls_json.is_file() else {}
     metrics = {"run": paths.name, "dataset": cfg.data.format, "detector": None,
                "note": "no detector predictions in this run: classifier metrics only",

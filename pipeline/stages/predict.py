@@ -109,7 +109,7 @@ def run(cfg, paths) -> dict:
         if score is not None:
             summary[f"fold{k}_oof_map_findings"] = score
     if all_failures:
-        fail_path = paths.predictions_dir / f"det_{cfg.det.name}_failures.csv"
+        fail_path = paths.det_failures(cfg.det.name)
         write_csv_atomic(pd.DataFrame(all_failures), fail_path)
         print(f"[predict] {len(all_failures)} image(s) could not be predicted; listed in {fail_path}")
         summary["failures"] = len(all_failures)

@@ -130,7 +130,7 @@ def run(cfg, paths) -> dict:
 
     _check_cfg(cfg)
     name = cfg.cls.name
-    cls_root = paths.cls_dir(name, 0).parent
+    cls_root = paths.cls_root(name)
     names = label_names(cfg)
     cols = prob_columns(names)
     s = settings_from_cfg(cfg)
@@ -243,14 +243,14 @@ def run(cfg, paths) -> dict:
         y_te = targets[test["_row"].to_numpy()][test_known]
         p_te = test_mean[cols].to_numpy(float)[test_known]
         metrics["test"] = _score(y_te, p_te, names, thresholds)
-    _roc_plot(cls_root / "roc.png", y_oof, p_oof, names, metrics["oof"]["auc"])
+    _roc_plot(paths.cls_roc(name), y_oof, p_oof, names, metrics["oof"]["auc"])
 
     # ---- Grad-CAM ------------------------------------------------------------------------------
     cam = run_gradcam(cfg, paths, train, test, oof, names, s)
     if cam.get("localization"):
         metrics["localization"] = cam["localization"]
     metrics["gradcam"] = {"n_overlays": cam.get("n_overlays", 0), "dir": str(cls_root / "gradcam")}
-    write_text_atomic(cls_root / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
+    write_text_atomic(paths.cls_metrics(name), json.dumps(metrics, indent=2, default=_json_default))
 
     summary = {"cls_oof_auc": metrics["oof"]["auc"]["mean"], "cls_dir": str(cls_root),
                "cls_oof_csv": str(paths.cls_predictions(name, "oof"))}
@@ -330,7 +330,7 @@ def run_gradcam(cfg, paths, train: pd.DataFrame, test: pd.DataFrame, oof: pd.Dat
     from pipeline.classes import class_names
 
     name = cfg.cls.name
-    cls_root = paths.cls_dir(name, 0).parent
+    cls_root = paths.cls_root(name)
     device, _ = C.resolve_device(s.device)
     size = dict(zip(train["image_id"], zip(train["width"], train["height"])))
     size.update(dict(zip(test["image_id"], zip(test["width"], test["height"]))))
@@ -403,12 +403,12 @@ def run_gradcam(cfg, paths, train: pd.DataFrame, test: pd.DataFrame, oof: pd.Dat
                 tboxes = tb * np.array([lb.new_w / w, lb.new_h / h] * 2)
             pbox = None if box is None else (box[0] - lb.pad_x, box[1] - lb.pad_y, box[2] - lb.pad_x, box[3] - lb.pad_y)
             pic = G.overlay(img_c, heat_c, tboxes, pbox)
-            write_bytes_atomic(cls_root / "gradcam" / f"{iid}.png", G.encode_png(pic))
+            write_bytes_atomic(paths.cls_gradcam(name, iid), G.encode_png(pic))
 
     out = {"n_overlays": len(done_overlay)}
     if len(truth):
         pred = pd.DataFrame(pred_rows, columns=["image_id", "class_id", "x_min", "y_min", "x_max", "y_max"])
-        write_csv_atomic(pred, cls_root / "cam_boxes.csv")
+        write_csv_atomic(pred, paths.cls_cam_boxes(name))
         loc = G.localization_accuracy(pred, truth, class_names=dict(enumerate(all_names)))
         loc.pop("ious", None)
         loc["reference_wang2017_mean"] = {f"{t:g}": v for t, v in G.WANG2017_MEAN_IOU_ACCURACY.items()}
