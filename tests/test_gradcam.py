@@ -11,14 +11,7 @@ from pipeline import gradcam as G
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """DenseNet-121 on 32 px images is many tiny ops: one thread is as fast on an idle 2-core machine
-    and about 3x faster when other processes compete for the cores (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # ---------------------------------------------------------------------------------------------
 # heatmap -> box
