@@ -28,9 +28,23 @@ DEPENDS = {
     "train_det": _BASE + ["folds", "det"],
     "predict": _BASE + ["folds", "det"],
     "train_cls": _BASE + ["folds", "cls"],
-    "fuse": _BASE + ["folds", "det", "cls", "fuse"],
+    "fuse": _BASE + ["folds", "det", "cls", "fuse", "filter", "evaluate"],  # filter tuning scores at evaluate.iou_thr
     "evaluate": _BASE + ["folds", "det", "cls", "fuse", "filter", "evaluate"],
     "submit": _BASE + ["folds", "det", "cls", "fuse", "filter", "evaluate", "submit"],
+}
+
+
+# Stages whose outputs a stage reads. When one of them runs again (forced, or its inputs changed), the
+# stages downstream of it are stale too: their hash includes the upstream markers' run ids.
+UPSTREAM = {
+    "prepare": [],
+    "folds": ["prepare"],
+    "train_det": ["prepare", "folds"],
+    "predict": ["train_det"],
+    "train_cls": ["prepare", "folds"],
+    "fuse": ["predict", "train_cls"],
+    "evaluate": ["fuse"],
+    "submit": ["fuse"],
 }
 
 
@@ -50,9 +64,18 @@ def data_fingerprint(cfg: Config) -> list:
     return [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
 
 
+def _run_id(paths: RunPaths, stage: str) -> str | None:
+    try:
+        return json.loads(paths.done_marker(stage).read_text()).get("run_id")
+    except (OSError, ValueError):
+        return None
+
+
 def config_hash(cfg: Config, stage: str) -> str:
+    paths = RunPaths.from_config(cfg)
     parts = {key: cfg.get_path(key) for key in DEPENDS.get(stage, _BASE)}
     parts["data_files"] = data_fingerprint(cfg)
+    parts["upstream"] = {up: _run_id(paths, up) for up in UPSTREAM.get(stage, [])}
     blob = json.dumps(Config(parts).to_dict(), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -87,8 +110,8 @@ def run_stage(stage: str, cfg: Config, *, force: bool | None = None) -> dict[str
     seconds = time.perf_counter() - start
     write_text_atomic(
         paths.done_marker(stage),
-        json.dumps({"config_hash": config_hash(cfg, stage), "seconds": seconds, "summary": summary},
-                   indent=2, default=str),
+        json.dumps({"config_hash": config_hash(cfg, stage), "run_id": f"{time.time():.6f}", "seconds": seconds,
+                    "summary": summary}, indent=2, default=str),
     )
     print(f"[{stage}] done in {seconds:.1f} s")
     return {"skipped": False, "seconds": seconds, **summary}

@@ -238,3 +238,12 @@ def test_evaluate_without_any_predictions_says_what_to_run(tmp_path):
         p.unlink()
     with pytest.raises(Exception, match="Run the fuse stage first"):
         evaluate.run(cfg, paths)
+
+
+def test_fuse_ignores_prediction_files_of_folds_outside_det_folds(tmp_path, capsys):
+    # files of folds 0 and 1 are on disk (an earlier config); this config trains only fold 0
+    cfg, paths = build_run(tmp_path, **{"det.name": "yolo", "det.folds": [0]})
+    fuse.run(cfg, paths)
+    assert "ignoring oof predictions of fold(s) [1]" in capsys.readouterr().out
+    final = pd.read_csv(paths.filtered_predictions("oof"))
+    assert set(final["image_id"]) == set(TRAIN[:3])  # fold 0's images only

@@ -58,3 +58,24 @@ def test_cli_errors_are_one_line_without_traceback(capsys):
     assert main(["no-such-command"]) == 2
     assert main(["--help"]) == 0
     assert "demo-data" in capsys.readouterr().out
+
+
+def test_a_rerun_upstream_stage_makes_downstream_stale(run_cfg):
+    cfg, paths = run_cfg
+    run_stage("folds", cfg)
+    # a downstream stage's hash includes the upstream marker's run id
+    from pipeline.runner import config_hash, is_done
+
+    before = config_hash(cfg, "train_cls")
+    run_stage("folds", cfg, force=True)
+    assert config_hash(cfg, "train_cls") != before
+    assert is_done(cfg, paths, "folds")
+
+
+def test_filter_settings_are_part_of_the_fuse_hash():
+    from pipeline.runner import config_hash
+
+    a = load_config(None, {"run.root": "/nonexistent", "filter.low": 0.08})
+    b = load_config(None, {"run.root": "/nonexistent", "filter.low": 0.3})
+    assert config_hash(a, "fuse") != config_hash(b, "fuse")
+    assert config_hash(a, "train_det") == config_hash(b, "train_det")

@@ -173,6 +173,19 @@ def _sources(files: dict[str, dict[str, dict[int, Path]]], split: str, weights_c
     return frames, weights, names
 
 
+def _current_folds_only(files: dict, name: str, folds: list[int]) -> dict:
+    """Files of the configured detector from folds outside ``det.folds`` (left by an earlier config with
+    more folds) are not fused; say so. Other detectors' files are used as they are on disk."""
+    if name not in files:
+        return files
+    for split, by_fold in files[name].items():
+        extra = sorted(k for k in by_fold if k not in folds)
+        if extra:
+            print(f"[fuse] {name}: ignoring {split} predictions of fold(s) {extra}, not in det.folds={folds}")
+            files[name][split] = {k: p for k, p in by_fold.items() if k in folds}
+    return files
+
+
 def _progress(total: int, desc: str):
     try:
         from tqdm import tqdm
@@ -185,6 +198,7 @@ def _progress(total: int, desc: str):
 def run(cfg, paths: RunPaths) -> dict:
     fc, flt = cfg.fuse, cfg.filter
     files = find_det_files(paths, list(fc.models) if fc.models is not None else None)
+    files = _current_folds_only(files, cfg.det.name, list(cfg.det.folds))
     if not files:
         raise PipelineError(f"{paths.predictions_dir}: no detector predictions (det_<name>_fold<k>_oof/test.csv). "
                             "Run the predict stage first.")
@@ -263,16 +277,13 @@ def _split_image_ids(paths: RunPaths, split: str, dets: pd.DataFrame, oof_folds:
     """Every image the final table must cover: test = the test split; oof = the train images of the folds
     that have out-of-fold predictions (an image the detector left empty still needs its class-14 box)."""
     have = list(pd.unique(dets["image_id"]))
-    try:
-        if split == "test":
-            ids = split_ids(paths, "test")
-        else:
-            ids = []
-            if paths.folds_csv.is_file():
-                folds = read_table(paths.folds_csv, "folds table", ["image_id", "fold"])
-                fold = pd.to_numeric(folds["fold"], errors="coerce")
-                ids = folds.loc[fold.isin(oof_folds), "image_id"].astype("str").tolist()
-    except DataError:
+    if split == "test":
+        ids = split_ids(paths, "test")  # no images table is an error: prepare has not run
+    else:
         ids = []
+        if paths.folds_csv.is_file():
+            folds = read_table(paths.folds_csv, "folds table", ["image_id", "fold"])
+            fold = pd.to_numeric(folds["fold"], errors="coerce")
+            ids = folds.loc[fold.isin(oof_folds), "image_id"].astype("str").tolist()
     seen = set(ids)
     return ids + [i for i in have if i not in seen]
