@@ -497,13 +497,20 @@ def model_outputs(model) -> int:
 
 
 def train_model(train_ds: XrayDataset, val_ds: XrayDataset, s: TrainSettings, out_dir: Path,
-                log: Callable[[str], None] = print) -> dict:
-    """Train one fold; keep the checkpoint with the best validation AUC at ``out_dir/best.pt``.
+                log: Callable[[str], None] = print, *, checkpoint: Path | None = None,
+                log_csv: Path | None = None) -> dict:
+    """Train one fold; keep the checkpoint with the best validation AUC at ``checkpoint``
+    (default ``out_dir/best.pt``).
 
     Early stopping after ``s.patience`` epochs without a better validation AUC (ties broken by the
     lower validation loss). When the validation fold has a single class for every label (AUC
     undefined), the lowest validation loss decides.
-    Writes ``out_dir/log.csv`` (one row per epoch). Returns a summary dict (best epoch and AUC, ...).
+    Divergence (a NaN/inf validation loss, or a NaN/inf training loss without AMP, whose GradScaler
+    skips such steps itself): when an earlier epoch left a checkpoint, training stops there and the
+    summary says ``diverged_epoch``; when none did, :class:`PipelineError` says so and what to change
+    (no checkpoint of a NaN model is ever written, so nothing downstream loads one by mistake).
+    Writes ``log_csv`` (default ``out_dir/log.csv``, one row per epoch). Returns a summary dict (best
+    epoch and AUC, ...).
     """
     import pandas as pd
     import torch
@@ -541,8 +548,10 @@ def train_model(train_ds: XrayDataset, val_ds: XrayDataset, s: TrainSettings, ou
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    best_path = out_dir / "best.pt"
+    best_path = Path(checkpoint) if checkpoint is not None else out_dir / "best.pt"
+    log_path = Path(log_csv) if log_csv is not None else out_dir / "log.csv"
     rows: list[dict] = []
+    diverged_epoch = None
     best_score, best_epoch, stale = (-math.inf, -math.inf), -1, 0
     for epoch in range(s.epochs):
         start = time.perf_counter()
@@ -568,11 +577,14 @@ def train_model(train_ds: XrayDataset, val_ds: XrayDataset, s: TrainSettings, ou
             logit = torch.log(p) - torch.log1p(-p)
             val_loss = float(nn.functional.binary_cross_entropy_with_logits(
                 logit, torch.from_numpy(val_ds.targets), pos_weight=None if pos_weight is None else pos_weight.cpu()))
-        val_auc = mean_auc(val_ds.targets, val_probs)
+        # a diverged model's NaN outputs have no AUC (and per_label_auc rejects them)
+        val_auc = mean_auc(val_ds.targets, val_probs) if np.isfinite(val_probs).all() else math.nan
         # Higher AUC wins; an equal AUC (common on small or easy folds, where it saturates at 1) is
         # broken by the lower validation loss; an undefined AUC (one class) leaves the loss alone.
         score = (-math.inf if math.isnan(val_auc) else val_auc, -val_loss)
-        improved = score > best_score
+        diverged = not math.isfinite(val_loss) or (not use_amp and not math.isfinite(train_loss))
+        # a NaN score compares False with everything: it must never count as an improvement
+        improved = not diverged and score > best_score
         if improved:
             best_score, best_epoch, stale = score, epoch, 0
             save_checkpoint(model, best_path)
@@ -581,16 +593,29 @@ def train_model(train_ds: XrayDataset, val_ds: XrayDataset, s: TrainSettings, ou
         rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
                      "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start,
                      "best": improved})
-        write_csv_atomic(pd.DataFrame(rows), out_dir / "log.csv")
+        write_csv_atomic(pd.DataFrame(rows), log_path)
         log(f"  epoch {epoch + 1}/{s.epochs}: train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
             f"val AUC {val_auc:.4f}{'  *' if improved else ''}  ({rows[-1]['seconds']:.1f} s)")
+        if diverged:
+            diverged_epoch = epoch
+            what = (f"training diverged in epoch {epoch + 1} (train loss {train_loss:.4g}, validation loss "
+                    f"{val_loss:.4g})")
+            if best_epoch < 0:
+                raise PipelineError(
+                    f"{what}, before any epoch gave a usable model, so no checkpoint was written to {best_path}. "
+                    f"Lower cls.lr (now {s.lr:g}, e.g. to {s.lr / 10:g}), raise cls.warmup_epochs (now "
+                    f"{s.warmup_epochs:g}), or set cls.amp=false; see {log_path}.")
+            log(f"  {what}: stopped; keeping epoch {best_epoch + 1}. Lower cls.lr (now {s.lr:g}) to train longer.")
+            break
         if stale >= s.patience:
             log(f"  early stop: no better validation AUC for {s.patience} epochs")
             break
+    if best_epoch < 0:  # only with epochs=0
+        raise PipelineError(f"no epoch was run (cls.epochs={s.epochs}); set cls.epochs >= 1.")
     best_row = rows[best_epoch]
     return {"best_epoch": best_epoch, "best_val_auc": best_row["val_auc"], "best_val_loss": best_row["val_loss"],
             "epochs_run": len(rows), "train_losses": [r["train_loss"] for r in rows], "device": str(device),
-            "checkpoint": str(best_path)}
+            "checkpoint": str(best_path), "diverged_epoch": diverged_epoch}
 
 
 # --------------------------------------------------------------------------------------------------

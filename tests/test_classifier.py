@@ -201,6 +201,61 @@ def test_tiny_training_loss_falls(tmp_path):
     assert list(log["epoch"]) == [0, 1, 2] and log["best"].sum() >= 1
 
 
+def _tiny_sets(paths, n_val=4):
+    imgs = pd.read_csv(paths.images_csv)
+    tr = imgs[imgs["split"] == "train"]
+    y = (tr["labels"].astype(str) != "14").to_numpy(float)[:, None]
+    files = [paths.image("train", i) for i in tr["image_id"]]
+    return C.XrayDataset(files[:-n_val], y[:-n_val], 32), C.XrayDataset(files[-n_val:], y[-n_val:], 32)
+
+
+_NO_AUG = {"hflip": 0, "shift_scale_rotate": 0, "brightness_contrast": 0}
+
+
+def test_nan_loss_from_the_start_is_a_clear_error(tmp_path, monkeypatch):
+    """A model that outputs NaN (what a far too high learning rate ends in): no checkpoint, and an
+    error that says training diverged and which setting to lower."""
+    paths = make_run(tmp_path, n_train=12, n_test=0)
+    train_ds, val_ds = _tiny_sets(paths)
+    real_build = C.build_model
+
+    def nan_model(n_out, weights=None):
+        model = real_build(n_out, weights)
+        with torch.no_grad():
+            model.net.classifier.bias.fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(C, "build_model", nan_model)
+    s = C.TrainSettings(imgsz=32, epochs=2, batch=8, lr=0.05, warmup_epochs=0, device="cpu", workers=0,
+                        augment=_NO_AUG)
+    with pytest.raises(PipelineError, match=r"training diverged in epoch 1 .*Lower cls\.lr \(now 0\.05, e\.g\. to 0\.005\)"):
+        C.train_model(train_ds, val_ds, s, tmp_path / "fold", log=lambda m: None)
+    assert not (tmp_path / "fold" / "best.pt").exists()
+    log = pd.read_csv(tmp_path / "fold" / "log.csv")
+    assert len(log) == 1 and np.isnan(log["val_loss"][0]) and not log["best"][0]
+
+
+def test_divergence_after_a_good_epoch_keeps_that_checkpoint(tmp_path, monkeypatch):
+    paths = make_run(tmp_path, n_train=12, n_test=0)
+    train_ds, val_ds = _tiny_sets(paths)
+    real_predict, calls = C.predict_probs, []
+
+    def nan_after_first(*a, **k):  # validation outputs turn NaN from the second epoch on
+        calls.append(1)
+        p = real_predict(*a, **k)
+        return p if len(calls) == 1 else np.full_like(p, np.nan)
+
+    monkeypatch.setattr(C, "predict_probs", nan_after_first)
+    s = C.TrainSettings(imgsz=32, epochs=3, batch=8, lr=1e-3, warmup_epochs=0, device="cpu", workers=0,
+                        augment=_NO_AUG)
+    res = C.train_model(train_ds, val_ds, s, tmp_path / "fold", log=lambda m: None,
+                        checkpoint=tmp_path / "elsewhere" / "w.pt", log_csv=tmp_path / "elsewhere" / "log.csv")
+    assert res["best_epoch"] == 0 and res["diverged_epoch"] == 1 and res["epochs_run"] == 2
+    assert res["checkpoint"] == str(tmp_path / "elsewhere" / "w.pt")
+    C.load_checkpoint(tmp_path / "elsewhere" / "w.pt", 1)  # loadable
+    assert list(pd.read_csv(tmp_path / "elsewhere" / "log.csv")["best"]) == [True, False]
+
+
 # ---------------------------------------------------------------------------------------------
 # the stage
 # ---------------------------------------------------------------------------------------------
@@ -235,6 +290,54 @@ def test_stage_writes_predictions_metrics_and_plots(tmp_path):
     # a rerun with the same config reuses the finished folds
     again = train_cls.run(cfg, paths)
     assert again["cls_oof_auc"] == summary["cls_oof_auc"]
+
+
+def test_one_fold_per_job_combines_every_finished_fold(tmp_path, monkeypatch, capsys):
+    """The README's scale-out recipe: job 1 trains cls.folds=[0], job 2 cls.folds=[1]. After job 2 the
+    prediction files cover both folds (oof) and average both models (test); fold 0 is not retrained."""
+    from pipeline.runner import run_stage
+    from pipeline.stages import train_cls
+
+    paths = make_run(tmp_path, n_train=16, n_test=4)
+    run_stage("train_cls", tiny_cfg(tmp_path, **{"cls.folds": [0]}))
+    oof1 = pd.read_csv(paths.cls_predictions("densenet121", "oof"), dtype={"image_id": str})
+    assert set(oof1["fold"]) == {0} and len(oof1) == 8
+    w0 = paths.cls_weights("densenet121", 0)
+    w0_mtime = w0.stat().st_mtime_ns
+
+    summary = run_stage("train_cls", tiny_cfg(tmp_path, **{"cls.folds": [1]}))
+    assert not summary["skipped"]
+    assert "combined folds [0, 1]" in capsys.readouterr().out
+    assert w0.stat().st_mtime_ns == w0_mtime  # job 2 did not touch fold 0
+    oof = pd.read_csv(paths.cls_predictions("densenet121", "oof"), dtype={"image_id": str})
+    assert sorted(oof["image_id"]) == [f"train{i:03d}" for i in range(16)]
+    folds = pd.read_csv(paths.folds_csv, dtype={"image_id": str}).set_index("image_id")["fold"]
+    assert (oof.set_index("image_id")["fold"] == folds.loc[oof["image_id"]]).all()
+    f0 = pd.read_csv(paths.cls_dir("densenet121", 0) / "test.csv", dtype={"image_id": str})
+    f1 = pd.read_csv(paths.cls_dir("densenet121", 1) / "test.csv", dtype={"image_id": str})
+    test = pd.read_csv(paths.cls_predictions("densenet121", "test"), dtype={"image_id": str})
+    assert list(test["image_id"]) == list(f0["image_id"]) == [f"test{i:03d}" for i in range(4)]
+    assert not np.allclose(f0["p_abnormal"], f1["p_abnormal"])  # two different models
+    np.testing.assert_allclose(test["p_abnormal"], (f0["p_abnormal"] + f1["p_abnormal"]) / 2, rtol=1e-6)
+    metrics = json.loads(paths.cls_metrics("densenet121").read_text())
+    assert metrics["folds"] == [0, 1] and metrics["n_oof"] == 16
+
+    # reporting keys (gradcam_n) and prediction keys (tta_flip) never retrain a fold
+    def no_training(*a, **k):
+        raise AssertionError("a fold was retrained")
+
+    monkeypatch.setattr(C, "train_model", no_training)
+    train_cls.run(tiny_cfg(tmp_path, **{"cls.gradcam_n": 1, "cls.cam_threshold": 0.3}), paths)
+    test_again = pd.read_csv(paths.cls_predictions("densenet121", "test"), dtype={"image_id": str})
+    np.testing.assert_allclose(test_again["p_abnormal"], test["p_abnormal"])
+    train_cls.run(tiny_cfg(tmp_path, **{"cls.folds": [1], "cls.tta_flip": False}), paths)
+    out = capsys.readouterr().out
+    assert "fold 1: trained earlier with the same settings; predicting again" in out
+    # fold 0 still holds tta_flip=true predictions: not mixed in
+    assert "combined folds [1]" in out and "[0]" in out
+    assert w0.stat().st_mtime_ns == w0_mtime
+    oof_noflip = pd.read_csv(paths.cls_predictions("densenet121", "oof"), dtype={"image_id": str})
+    assert set(oof_noflip["fold"]) == {1} and len(oof_noflip) == 8
 
 
 def test_stage_multilabel_chestxray14_with_test_labels_and_localisation(tmp_path):

@@ -7,11 +7,19 @@ come from the same models' blind spots) and keeps the checkpoint with the best v
 
 Writes
   * ``cls/<name>/fold<k>/best.pt`` (state dict), ``log.csv``, ``oof.csv``, ``test.csv``, ``result.json``
-    (a finished fold is reused on a rerun with the same config: training resumes fold by fold)
-  * ``predictions/cls_<name>_oof.csv``: ``image_id, fold, p_<label>...`` (each train image once)
-  * ``predictions/cls_<name>_test.csv``: ``image_id, p_<label>...`` (mean over the trained folds)
+    (see :func:`fold_files`). ``result.json`` holds two hashes of the config: ``train_hash`` (everything
+    the weights depend on) and ``config_hash`` (that plus ``cls.tta_flip``, which changes predictions).
+    Neither covers ``cls.folds`` (so jobs that train different folds can be combined) nor
+    ``cls.gradcam_n`` / ``cls.cam_threshold`` (reporting only). A rerun reuses a fold whose
+    ``config_hash`` matches, re-predicts from ``best.pt`` when only ``train_hash`` matches (e.g. a
+    changed ``cls.tta_flip``) and trains it again otherwise.
+  * ``predictions/cls_<name>_oof.csv``: ``image_id, fold, p_<label>...`` and
+    ``predictions/cls_<name>_test.csv``: ``image_id, p_<label>...`` built from EVERY
+    ``cls/<name>/fold*/`` on disk whose ``config_hash`` is the current one, not only ``cls.folds``:
+    one job per fold (``cls.folds=[k]``, the README's scale-out recipe) leaves complete files after
+    the last job. oof = the folds' ``oof.csv`` concatenated; test = the mean over the folds' ``test.csv``.
   * ``cls/<name>/metrics.json``, ``cls/<name>/roc.png``, ``cls/<name>/gradcam/<id>.png``,
-    ``cls/<name>/skipped.csv`` (images left out and why, when any)
+    ``cls/<name>/skipped.csv`` (images left out and why, when any), all over the combined folds.
 
 Labels: ``binary`` -> ``p_abnormal``: abnormal when the image-level label set of ``images.csv`` (the union
 of what the radiologists marked) holds a finding (``binary_source=radiologists``), or when ``boxes.csv``
@@ -23,19 +31,54 @@ whose test labels are known) use the same out-of-fold threshold.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.classes import NORMAL_ID, finding_names
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, PipelineError
 from pipeline.folds import parse_labels
 from pipeline.io import write_bytes_atomic, write_csv_atomic, write_text_atomic, write_with
 
 TASKS = ("binary", "multilabel")
+
+# cls keys that never change a fold's weights or predictions: one job per fold sets its own cls.folds,
+# and Grad-CAM settings only shape the report.
+_NOT_FOLD_KEYS = ("folds", "gradcam_n", "cam_threshold")
+# cls keys that change a fold's predictions but not its weights: a change re-predicts from best.pt.
+_PREDICT_ONLY_KEYS = ("tta_flip",)
+
+
+def fold_files(paths, name: str, k: int | None = None) -> dict[str, Path]:
+    """The classifier's files that :class:`pipeline.paths.RunPaths` has no method for (yet).
+
+    Always ``skipped`` (``cls/<name>/skipped.csv``); with a fold ``k`` also ``result``, ``oof``, ``test``
+    and ``log`` in ``cls/<name>/fold<k>/`` (the checkpoint is ``paths.cls_weights(name, k)``).
+    """
+    files = {"skipped": paths.cls_root(name) / "skipped.csv"}
+    if k is not None:
+        d = paths.cls_dir(name, k)
+        files.update(result=d / "result.json", oof=d / "oof.csv", test=d / "test.csv", log=d / "log.csv")
+    return files
+
+
+def fold_hashes(cfg) -> tuple[str, str]:
+    """``(config_hash, train_hash)`` of one fold: the train_cls stage hash without ``cls.folds``,
+    ``cls.gradcam_n`` and ``cls.cam_threshold``; ``train_hash`` also leaves out ``cls.tta_flip``."""
+    from pipeline.runner import config_hash
+
+    def without(keys):
+        c = copy.deepcopy(cfg)
+        for key in keys:
+            c["cls"].pop(key, None)
+        return config_hash(c, "train_cls")
+
+    return without(_NOT_FOLD_KEYS), without(_NOT_FOLD_KEYS + _PREDICT_ONLY_KEYS)
 
 
 def label_names(cfg) -> list[str]:
@@ -107,6 +150,8 @@ def _check_cfg(cfg) -> None:
         raise ConfigError(f"cls.optimizer: {c.optimizer!r} is not one of adamw, radam")
     if c.imgsz < 32:
         raise ConfigError(f"cls.imgsz: {c.imgsz} is too small for DenseNet-121 (5 downsamplings); use >= 32")
+    if int(c.epochs) < 1:
+        raise ConfigError(f"cls.epochs: {c.epochs} trains nothing; use >= 1")
     if not c.folds:
         raise ConfigError("cls.folds is empty; name at least one fold, e.g. cls.folds=[0]")
     if not 0 < c.cam_threshold <= 1:
@@ -126,7 +171,6 @@ def settings_from_cfg(cfg):
 
 def run(cfg, paths) -> dict:
     from pipeline import classifier as C
-    from pipeline.runner import config_hash
 
     _check_cfg(cfg)
     name = cfg.cls.name
@@ -178,50 +222,78 @@ def run(cfg, paths) -> dict:
     if missing_folds:
         raise ConfigError(f"cls.folds: fold(s) {missing_folds} have no images in {paths.folds_csv} "
                           f"(folds present: {sorted(set(train['fold']))}).")
+    skipped_csv = fold_files(paths, name)["skipped"]
     if skipped:
-        write_csv_atomic(pd.DataFrame(skipped), cls_root / "skipped.csv")
-        print(f"[train_cls] {len(skipped)} image(s) left out; see {cls_root / 'skipped.csv'}")
+        write_csv_atomic(pd.DataFrame(skipped), skipped_csv)
+        print(f"[train_cls] {len(skipped)} image(s) left out; see {skipped_csv}")
+    else:
+        skipped_csv.unlink(missing_ok=True)  # a list from an earlier run would no longer be true
 
     y_train = targets[train["_row"].to_numpy()]
     train_paths = [paths.image("train", i) for i in train["image_id"]]
     test_paths = [paths.image("test", i) for i in test["image_id"]]
-    chash = config_hash(cfg, "train_cls")
+    chash, thash = fold_hashes(cfg)
     aug = C.build_augment(s.augment)
 
-    oof_parts, test_parts, fold_results = [], [], {}
-    for k in cfg.cls.folds:
-        fold_dir = paths.cls_dir(name, k)
-        result_path = fold_dir / "result.json"
+    def predict_fold(k: int, model, device) -> None:
+        ff = fold_files(paths, name, k)
         va = (train["fold"] == k).to_numpy()
-        if (not cfg.run.force and result_path.is_file() and paths.cls_weights(name, k).is_file()
-                and json.loads(result_path.read_text()).get("config_hash") == chash):
+        va_ds = C.XrayDataset([p for p, v in zip(train_paths, va) if v], y_train[va], s.imgsz)
+        p_oof = C.predict_probs(model, va_ds, s.batch * 2, s.workers, device, cfg.cls.tta_flip, s.amp)
+        oof = pd.DataFrame(p_oof, columns=cols)
+        oof.insert(0, "fold", k)
+        oof.insert(0, "image_id", train.loc[va, "image_id"].to_numpy())
+        write_csv_atomic(oof, ff["oof"])
+        te = pd.DataFrame(columns=["image_id", *cols])
+        if len(test):
+            te_ds = C.XrayDataset(test_paths, None, s.imgsz, n_outputs=len(names))
+            p_te = C.predict_probs(model, te_ds, s.batch * 2, s.workers, device, cfg.cls.tta_flip, s.amp)
+            te = pd.DataFrame(p_te, columns=cols)
+            te.insert(0, "image_id", test["image_id"].to_numpy())
+        write_csv_atomic(te, ff["test"])
+
+    for k in cfg.cls.folds:
+        ff = fold_files(paths, name, k)
+        weights = paths.cls_weights(name, k)
+        prev = _read_result(ff["result"]) if not cfg.run.force and weights.is_file() else None
+        if prev and prev.get("config_hash") == chash and ff["oof"].is_file() and ff["test"].is_file():
             print(f"[train_cls] fold {k}: finished earlier with the same config: reused")
-            fold_results[k] = json.loads(result_path.read_text())["train"]
+            continue
+        # no result.json = unfinished: a job killed below must not leave new oof/test files under an old hash
+        ff["result"].unlink(missing_ok=True)
+        device, _ = C.resolve_device(s.device)
+        if prev and prev.get("train_hash") == thash:
+            print(f"[train_cls] fold {k}: trained earlier with the same settings; predicting again "
+                  "(only prediction settings such as cls.tta_flip changed)")
+            res = prev.get("train", {})
         else:
+            va = (train["fold"] == k).to_numpy()
             print(f"[train_cls] fold {k}: train {int((~va).sum())} images, validate {int(va.sum())}")
             tr_ds = C.XrayDataset([p for p, v in zip(train_paths, va) if not v], y_train[~va], s.imgsz, aug)
             va_ds = C.XrayDataset([p for p, v in zip(train_paths, va) if v], y_train[va], s.imgsz)
-            res = C.train_model(tr_ds, va_ds, s, fold_dir)
-            device, _ = C.resolve_device(s.device)
-            model = C.load_checkpoint(paths.cls_weights(name, k), len(names), device)
-            p_oof = C.predict_probs(model, va_ds, s.batch * 2, s.workers, device, cfg.cls.tta_flip, s.amp)
-            oof = pd.DataFrame(p_oof, columns=cols)
-            oof.insert(0, "fold", k)
-            oof.insert(0, "image_id", train.loc[va, "image_id"].to_numpy())
-            write_csv_atomic(oof, fold_dir / "oof.csv")
-            te = pd.DataFrame(columns=["image_id", *cols])
-            if len(test):
-                te_ds = C.XrayDataset(test_paths, None, s.imgsz, n_outputs=len(names))
-                p_te = C.predict_probs(model, te_ds, s.batch * 2, s.workers, device, cfg.cls.tta_flip, s.amp)
-                te = pd.DataFrame(p_te, columns=cols)
-                te.insert(0, "image_id", test["image_id"].to_numpy())
-            write_csv_atomic(te, fold_dir / "test.csv")
-            fold_results[k] = res
-            write_text_atomic(result_path, json.dumps({"config_hash": chash, "train": res}, indent=2, default=str))
-        oof_parts.append(pd.read_csv(fold_dir / "oof.csv", dtype={"image_id": str}))
-        test_parts.append(pd.read_csv(fold_dir / "test.csv", dtype={"image_id": str}))
+            res = C.train_model(tr_ds, va_ds, s, paths.cls_dir(name, k), checkpoint=weights, log_csv=ff["log"])
+        predict_fold(k, C.load_checkpoint(weights, len(names), device), device)
+        write_text_atomic(ff["result"], json.dumps({"config_hash": chash, "train_hash": thash, "train": res},
+                                                   indent=2, default=str))
 
+    # every finished fold with this config, including those other jobs (cls.folds=[k]) trained
+    used, fold_results, oof_parts, test_parts = combine_folds(paths, name, chash)
+    if not used:
+        raise PipelineError(f"{cls_root}: no finished fold with the current config after training; "
+                            "run train_cls again with --force.")
+    print(f"[train_cls] combined folds {used} (configured this run: {list(cfg.cls.folds)})")
     oof = pd.concat(oof_parts, ignore_index=True)
+    by_id = dict(zip(train["image_id"], range(len(train))))
+    unknown = ~oof["image_id"].isin(by_id.keys())
+    if unknown.any():
+        # same config hash, but an image has since lost its PNG or label: it cannot be scored
+        print(f"[train_cls] {int(unknown.sum())} out-of-fold row(s) of images no longer usable left out, "
+              f"e.g. {oof.loc[unknown, 'image_id'].iloc[0]!r}")
+        oof = oof[~unknown].reset_index(drop=True)
+    dup = oof["image_id"][oof["image_id"].duplicated()]
+    if len(dup):
+        raise DataError(f"{cls_root}: image {dup.iloc[0]!r} is in the oof.csv of more than one fold; "
+                        "folds.csv changed under the fold folders: run train_cls again with --force.")
     write_csv_atomic(oof, paths.cls_predictions(name, "oof"))
     test_mean = pd.DataFrame(columns=["image_id", *cols])
     if len(test):
@@ -230,10 +302,9 @@ def run(cfg, paths) -> dict:
     write_csv_atomic(test_mean, paths.cls_predictions(name, "test"))
 
     # ---- metrics -------------------------------------------------------------------------------
-    by_id = dict(zip(train["image_id"], range(len(train))))
     y_oof = y_train[[by_id[i] for i in oof["image_id"]]]
     p_oof = oof[cols].to_numpy(float)
-    metrics = {"task": cfg.cls.task, "labels": names, "folds": list(cfg.cls.folds),
+    metrics = {"task": cfg.cls.task, "labels": names, "folds": used,
                "n_oof": len(oof), "n_test": len(test_mean), "threshold_method": "youden",
                "oof": _score(y_oof, p_oof, names), "train": {str(k): _brief(v) for k, v in fold_results.items()},
                "skipped": len(skipped)}
@@ -246,10 +317,11 @@ def run(cfg, paths) -> dict:
     _roc_plot(paths.cls_roc(name), y_oof, p_oof, names, metrics["oof"]["auc"])
 
     # ---- Grad-CAM ------------------------------------------------------------------------------
-    cam = run_gradcam(cfg, paths, train, test, oof, names, s)
+    cam = run_gradcam(cfg, paths, train, test, oof, names, s, folds=used)
     if cam.get("localization"):
         metrics["localization"] = cam["localization"]
-    metrics["gradcam"] = {"n_overlays": cam.get("n_overlays", 0), "dir": str(cls_root / "gradcam")}
+    metrics["gradcam"] = {"n_overlays": cam.get("n_overlays", 0),
+                          "dir": str(paths.cls_gradcam(name, "x").parent)}
     write_text_atomic(paths.cls_metrics(name), json.dumps(metrics, indent=2, default=_json_default))
 
     summary = {"cls_oof_auc": metrics["oof"]["auc"]["mean"], "cls_dir": str(cls_root),
@@ -261,6 +333,41 @@ def run(cfg, paths) -> dict:
     if skipped:
         summary["cls_skipped"] = len(skipped)
     return summary
+
+
+def _read_result(path: Path) -> dict | None:
+    """A fold's result.json, or None when missing or unreadable (a killed job): the fold is redone."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def combine_folds(paths, name: str, chash: str) -> tuple[list[int], dict, list[pd.DataFrame], list[pd.DataFrame]]:
+    """Every ``cls/<name>/fold<k>/`` whose result.json carries ``chash`` and whose checkpoint, oof.csv
+    and test.csv exist: ``(folds, {k: training summary}, [oof tables], [test tables])``, by fold.
+
+    Folders with another hash (an older config) are left out and named on stdout.
+    """
+    used, results, oofs, tests, stale = [], {}, [], [], []
+    root = paths.cls_root(name)
+    ks = sorted(int(m.group(1)) for d in (root.iterdir() if root.is_dir() else [])
+                if d.is_dir() and (m := re.fullmatch(r"fold(\d+)", d.name)))
+    for k in ks:
+        ff = fold_files(paths, name, k)
+        res = _read_result(ff["result"])
+        if (not res or res.get("config_hash") != chash or not paths.cls_weights(name, k).is_file()
+                or not ff["oof"].is_file() or not ff["test"].is_file()):
+            stale.append(k)
+            continue
+        used.append(k)
+        results[k] = res.get("train", {})
+        oofs.append(pd.read_csv(ff["oof"], dtype={"image_id": str}))
+        tests.append(pd.read_csv(ff["test"], dtype={"image_id": str}))
+    if stale:
+        print(f"[train_cls] fold folder(s) {stale} under {root} are unfinished or from another config: not combined")
+    return used, results, oofs, tests
 
 
 def _json_default(o):
@@ -315,11 +422,13 @@ def _roc_plot(path: Path, y: np.ndarray, p: np.ndarray, names, aucs: dict) -> No
     plt.close(fig)
 
 
-def run_gradcam(cfg, paths, train: pd.DataFrame, test: pd.DataFrame, oof: pd.DataFrame, names, s) -> dict:
+def run_gradcam(cfg, paths, train: pd.DataFrame, test: pd.DataFrame, oof: pd.DataFrame, names, s,
+                folds: list[int] | None = None) -> dict:
     """Overlays for ``cls.gradcam_n`` images and, for ChestX-ray14, the weak-localisation table.
 
     Which model explains an image: for a train image the model of its fold (it did not see the image);
-    for a test image the first trained fold's model. Localisation boxes: for each ChestX-ray14 image with
+    for a test image the first trained fold's model. ``folds``: the folds with a checkpoint (default
+    ``cls.folds``). Localisation boxes: for each ChestX-ray14 image with
     BBox_List boxes (annotations.csv rows with a box), the CAM of each boxed class (multilabel) or of
     ``abnormal`` (binary: one class-agnostic box compared with every truth box).
     """
@@ -330,13 +439,12 @@ def run_gradcam(cfg, paths, train: pd.DataFrame, test: pd.DataFrame, oof: pd.Dat
     from pipeline.classes import class_names
 
     name = cfg.cls.name
-    cls_root = paths.cls_root(name)
     device, _ = C.resolve_device(s.device)
     size = dict(zip(train["image_id"], zip(train["width"], train["height"])))
     size.update(dict(zip(test["image_id"], zip(test["width"], test["height"]))))
     fold_of = dict(zip(train["image_id"], train["fold"]))
     split_of = {**{i: "train" for i in train["image_id"]}, **{i: "test" for i in test["image_id"]}}
-    trained = list(cfg.cls.folds)
+    trained = list(cfg.cls.folds if folds is None else folds)
 
     truth = pd.DataFrame()
     if cfg.data.format == "chestxray14" and paths.annotations_csv.is_file():
