@@ -208,25 +208,70 @@ def build_train_args(*, data_yaml: Path, det_dir: Path, epochs: int, imgsz: int,
     return args
 
 
-def _args_fingerprint(model_spec: str, args: dict) -> dict:
-    keep = {k: v for k, v in args.items() if k not in ("workers", "device", "verbose", "batch")}
-    return json.loads(json.dumps({"model": model_spec, **keep}, default=str))
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def train_fold(model_spec: str, det_dir: Path, train_args: dict, *, force: bool = False) -> dict:
+def file_stamp(path: Path) -> list | None:
+    """[size, mtime_ns] of a file (a cheap stand-in for its contents), None when it is missing."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def fold_data_fingerprint(det_dir: Path, image_fingerprints: dict[str, str] | None = None) -> dict:
+    """What a fold's weights were trained on: hashes of train.txt / val.txt and of their images.
+
+    ``image_fingerprints`` maps a PNG's resolved path to a content fingerprint (prepare's meta.csv
+    ``fingerprint`` column); images not in it (or all, when it is None) count by their file's
+    (size, mtime_ns). A listed image that is missing counts as ``None``. So re-running ``folds``
+    (other lists) or ``prepare`` (rewritten PNGs) makes a finished fold train again.
+    """
+    files = fold_files(det_dir)
+    out: dict = {}
+    for key in ("train_txt", "val_txt"):
+        try:
+            text = files[key].read_text()
+        except OSError:
+            text = None
+        out[key] = None if text is None else _sha(text)
+        lines = sorted(line.strip() for line in (text or "").splitlines() if line.strip())
+        fps = image_fingerprints or {}
+        stamps = [[p, fps[p] if p in fps else file_stamp(Path(p))] for p in lines]
+        out[key.replace("_txt", "_images")] = _sha(json.dumps(stamps))
+    return out
+
+
+def _args_fingerprint(model_spec: str, args: dict, data: dict | None = None) -> dict:
+    """Everything that decides the trained weights: model, train arguments (``batch`` included; not
+    ``workers``/``device``/``verbose``), and ``data`` (:func:`fold_data_fingerprint`)."""
+    keep = {k: v for k, v in args.items() if k not in ("workers", "device", "verbose")}
+    return json.loads(json.dumps({"model": model_spec, **keep, "data": data}, default=str))
+
+
+def train_fold(model_spec: str, det_dir: Path, train_args: dict, *, force: bool = False,
+               data: dict | None = None) -> dict:
     """Train one fold into ``det_dir`` (= ``project/name``), resuming or skipping as appropriate.
 
-    * finished (``weights/best.pt`` and ``train_done.json`` for the same arguments): skipped unless ``force``;
-    * interrupted (``weights/last.pt``, no done marker, same arguments): resumed from last.pt;
-    * otherwise (or when the arguments changed): trained from the start in the same folder.
-    Returns a summary dict (status, best weights, epochs, seconds).
+    * finished (``weights/best.pt`` and ``train_done.json`` for the same fingerprint): skipped unless ``force``;
+    * interrupted (``weights/last.pt``, no done marker, same fingerprint): resumed from last.pt;
+    * otherwise (or when the fingerprint changed): trained from the start in the same folder.
+    The fingerprint is the model, the arguments and ``data`` (default: :func:`fold_data_fingerprint`
+    of ``det_dir``: train/val lists and their images). Returns a summary dict (status, best weights,
+    epochs, seconds).
     """
     import time
 
     from pipeline.io import write_text_atomic
 
     files = fold_files(det_dir)
-    fingerprint = _args_fingerprint(model_spec, train_args)
+    if data is None:
+        data = fold_data_fingerprint(det_dir)
+    fingerprint = _args_fingerprint(model_spec, train_args, data)
 
     def same_args(marker: Path) -> bool:
         try:

@@ -139,13 +139,62 @@ def test_build_train_args_fixed_dir_and_overrides(tmp_path):
                             seed=0, workers=1)["amp"] is True
 
 
-def test_offline_amp_check_has_no_download():
-    """The AMP check stand-in decides from the device alone (CPU: off)."""
+class _FakeCudaModel:
+    """Stands in for a model on GPU 0: ``offline_check_amp`` only looks at its parameters' device."""
+
+    def parameters(self):
+        import torch
+
+        class P:
+            device = torch.device("cuda", 0)
+
+        yield P()
+
+
+def test_offline_amp_check_has_no_download(monkeypatch):
+    """The AMP stand-in: off on CPU, on for a current GPU, off for a GPU ultralytics blacklists;
+    never loads weights (a download would also trip the autouse network guard)."""
     import torch
 
+    import ultralytics.utils.checks as checks
     from pipeline.detector import offline_check_amp
 
     assert offline_check_amp(torch.nn.Linear(2, 2)) is False
+    monkeypatch.setattr(checks, "check_amp", lambda *a, **k: pytest.fail("ultralytics' check_amp was called"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert offline_check_amp(_FakeCudaModel()) is True
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce GTX 1660 Ti")
+    assert offline_check_amp(_FakeCudaModel()) is False
+
+
+def test_offline_trainer_swaps_check_amp_during_setup_only(monkeypatch):
+    """Inside ``_setup_train`` the trainer module's ``check_amp`` is ours; afterwards (also after an
+    error) ultralytics' own is back in place."""
+    import torch
+
+    import ultralytics.engine.trainer as trainer_module
+    from pipeline import detector
+
+    original = trainer_module.check_amp
+    cls = detector.offline_trainer_class()
+    assert detector.OfflineDetectionTrainer is cls and cls.__module__ == "pipeline.detector"
+    seen = []
+
+    def fake_setup(self):  # what BaseTrainer._setup_train does with AMP, minus everything else
+        seen.append((trainer_module.check_amp, trainer_module.check_amp(_FakeCudaModel())))
+        if len(seen) == 2:
+            raise RuntimeError("setup failed")
+        return "ok"
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(trainer_module.BaseTrainer, "_setup_train", fake_setup)
+    trainer = object.__new__(cls)  # no __init__: only the setup hook is under test
+    assert trainer._setup_train() == "ok"
+    assert seen[0] == (detector.offline_check_amp, True)
+    assert trainer_module.check_amp is original
+    with pytest.raises(RuntimeError, match="setup failed"):
+        trainer._setup_train()
+    assert seen[1][0] is detector.offline_check_amp and trainer_module.check_amp is original
 
 
 # --- tiny real training and prediction ------------------------------------------------------------
@@ -285,6 +334,53 @@ def test_missing_png_is_recorded_not_fatal(trained):
     assert set(det["image_id"]) == {"test001"} and set(det["tta"]) == {"orig"}
 
 
+def test_predict_rerun_follows_options(trained, tmp_path):
+    """Same config: every fold skipped (sidecar matches). Other det.conf: predicted again, fewer boxes.
+    The failures table is rewritten each time (empty here), with rows of other folds kept."""
+    import shutil
+
+    from pipeline.stages import predict
+
+    cfg0, paths0, _, _ = trained
+    shutil.copytree(paths0.run_dir, tmp_path / "tiny")  # copy2 keeps mtimes: the weights stamp still matches
+    cfg = tiny_cfg(tmp_path)
+    paths = RunPaths.from_config(cfg)
+    oof_path = paths.det_predictions("yolov8n", 0, "oof")
+    sidecar = paths.det_dir("yolov8n", 0) / "predict_done.json"
+    first = json.loads(sidecar.read_text())
+    assert first["options"]["conf"] == pytest.approx(0.0001) and first["options"]["tta_flip"] is True
+    # a stale failure of fold 0 and one of fold 1 (another job's) from earlier runs
+    fail_path = paths.det_failures("yolov8n")
+    pd.DataFrame([{"fold": 0, "image_id": "old", "path": "x", "error": "stale"},
+                  {"fold": 1, "image_id": "other", "path": "y", "error": "kept"}]).to_csv(fail_path, index=False)
+    mtime = oof_path.stat().st_mtime_ns
+    predict.run(cfg, paths)
+    assert oof_path.stat().st_mtime_ns == mtime  # skipped
+    assert list(pd.read_csv(fail_path)["image_id"]) == ["old", "other"]  # fold 0 not predicted: its rows stay
+    n_before = len(pd.read_csv(oof_path))
+
+    cfg2 = tiny_cfg(tmp_path, **{"det.conf": 0.2})
+    summary = predict.run(cfg2, paths)
+    assert oof_path.stat().st_mtime_ns != mtime  # predicted again
+    assert json.loads(sidecar.read_text())["options"]["conf"] == pytest.approx(0.2)
+    oof = pd.read_csv(oof_path)
+    assert len(oof) < n_before and (oof["score"] >= 0.2).all()
+    fails = pd.read_csv(fail_path, dtype={"image_id": str})
+    assert list(fails.columns) == ["fold", "image_id", "path", "error"]
+    assert fails.to_dict("records") == [{"fold": 1, "image_id": "other", "path": "y", "error": "kept"}]
+    assert summary["failures"] == 0
+    mtime2 = oof_path.stat().st_mtime_ns
+    predict.run(cfg2, paths)
+    assert oof_path.stat().st_mtime_ns == mtime2  # same config again: skipped
+    # new weights (same options) -> predicted again
+    w = paths.det_weights("yolov8n", 0)
+    import os
+
+    os.utime(w, ns=(w.stat().st_atime_ns, w.stat().st_mtime_ns + 10**9))
+    predict.run(cfg2, paths)
+    assert oof_path.stat().st_mtime_ns != mtime2
+
+
 def test_interrupted_fold_resumes(tmp_path, monkeypatch):
     """last.pt without a done marker (same arguments) -> ultralytics is called with resume=True."""
     from pipeline import detector
@@ -294,7 +390,8 @@ def test_interrupted_fold_resumes(tmp_path, monkeypatch):
     (det_dir / "weights" / "last.pt").write_bytes(b"x")
     args = detector.build_train_args(data_yaml=det_dir / "data.yaml", det_dir=det_dir, epochs=3, imgsz=64,
                                      batch=4, device="cpu", seed=0, workers=1)
-    (det_dir / "train_started.json").write_text(json.dumps({"args": detector._args_fingerprint("yolov8n.yaml", args)}))
+    fp = detector._args_fingerprint("yolov8n.yaml", args, detector.fold_data_fingerprint(det_dir))
+    (det_dir / "train_started.json").write_text(json.dumps({"args": fp}))
     calls = []
 
     class FakeYOLO:
@@ -318,6 +415,77 @@ def test_interrupted_fold_resumes(tmp_path, monkeypatch):
     result = detector.train_fold("yolov8n.yaml", det_dir, args2)
     assert result["status"] == "trained" and calls[0] == ("init", "yolov8n.yaml") and "resume" not in calls[1][1]
     assert not (det_dir / "weights" / "last.pt").exists()  # stale weights of the old arguments are gone
+
+
+def test_training_fingerprint_follows_lists_images_and_batch(tmp_path, monkeypatch):
+    """A finished fold is skipped only on the same train/val lists, the same images and the same batch."""
+    import os
+
+    from pipeline import detector
+
+    det_dir = tmp_path / "det" / "m" / "fold0"
+    pngs = []
+    for i in range(4):
+        pngs.append(tmp_path / f"im{i}.png")
+        pngs[-1].write_bytes(bytes([i]) * 10)
+    names = {0: "a"}
+    detector.write_fold_lists(det_dir, pngs[:2], pngs[2:3], names)
+    args = detector.build_train_args(data_yaml=det_dir / "data.yaml", det_dir=det_dir, epochs=1, imgsz=64,
+                                     batch=4, device="cpu", seed=0, workers=1)
+    trained = []
+
+    class FakeYOLO:
+        def __init__(self, spec):
+            pass
+
+        def train(self, **kw):
+            trained.append(kw)
+            (det_dir / "weights").mkdir(exist_ok=True)
+            (det_dir / "weights" / "best.pt").write_bytes(b"y")
+
+    monkeypatch.setattr(detector, "import_ultralytics", lambda: FakeYOLO)
+    monkeypatch.setattr(detector, "offline_trainer_class", lambda: object)
+    monkeypatch.setattr(detector, "_model_exists", lambda spec: None)
+
+    def status(a=args, data=None):
+        return detector.train_fold("yolov8n.yaml", det_dir, a, data=data)["status"]
+
+    assert status() == "trained"
+    assert status() == "skipped"
+    assert status({**args, "workers": 8}) == "skipped"   # workers do not change the weights
+    assert status({**args, "batch": 8}) == "trained"     # batch does
+    assert status() == "trained"                         # back to batch 4: weights of batch 8 are not reused
+    before = detector.fold_data_fingerprint(det_dir)
+    detector.write_fold_lists(det_dir, pngs[:3], pngs[3:], names)   # folds --force: other images
+    after = detector.fold_data_fingerprint(det_dir)
+    assert after["train_txt"] != before["train_txt"] and after["val_txt"] != before["val_txt"]
+    assert status() == "trained"
+    assert status() == "skipped"
+    # prepare rewrote an image (same path, other contents/mtime)
+    pngs[0].write_bytes(b"other contents")
+    os.utime(pngs[0], ns=(pngs[0].stat().st_atime_ns, pngs[0].stat().st_mtime_ns + 10**9))
+    assert detector.fold_data_fingerprint(det_dir)["train_images"] != after["train_images"]
+    assert status() == "trained"
+    # with meta.csv fingerprints, those count instead of the file stamps
+    fps = {str(p.resolve()): f"fp{i}" for i, p in enumerate(pngs)}
+    a = detector.fold_data_fingerprint(det_dir, fps)
+    os.utime(pngs[0], ns=(0, 10**9))
+    assert detector.fold_data_fingerprint(det_dir, fps) == a
+    assert detector.fold_data_fingerprint(det_dir, {**fps, str(pngs[1].resolve()): "new"})["train_images"] != a["train_images"]
+    assert len(trained) == 5
+
+
+def test_image_fingerprints_from_meta(tmp_path):
+    from pipeline.stages.train_det import image_fingerprints
+
+    paths = RunPaths(run_dir=tmp_path / "r")
+    paths.run_dir.mkdir()
+    assert image_fingerprints(paths) is None  # no meta.csv
+    pd.DataFrame({"image_id": ["a", "b"], "split": ["train", "test"]}).to_csv(paths.meta_csv, index=False)
+    assert image_fingerprints(paths) is None  # older meta.csv: no fingerprint column
+    pd.DataFrame({"image_id": ["a", "b", "c"], "split": ["train", "test", "train"],
+                  "fingerprint": ["f1", "f2", ""]}).to_csv(paths.meta_csv, index=False)
+    assert image_fingerprints(paths) == {str(paths.image("train", "a").resolve()): "f1"}
 
 
 def test_pt_name_that_would_download_is_refused(tmp_path):

@@ -2,8 +2,9 @@
 
 Per fold k: ``det/<det.name>/fold<k>/{train.txt,val.txt,data.yaml}`` (lists of the PNGs written by
 prepare: images are never copied), then ``YOLO(det.model).train(...)`` into that same folder.
-A finished fold is skipped, an interrupted one resumes from ``weights/last.pt`` (see
-:func:`pipeline.detector.train_fold`). Folds are independent: ``det.folds=[2]`` trains fold 2
+A finished fold is skipped when its model, arguments (batch included), train/val lists and images
+(meta.csv ``fingerprint``, else each PNG's size and mtime) are unchanged; an interrupted one resumes
+from ``weights/last.pt`` (see :func:`pipeline.detector.train_fold`). Folds are independent: ``det.folds=[2]`` trains fold 2
 alone, so several machines (or a SLURM job array) can each train one fold of the same run dir.
 """
 from __future__ import annotations
@@ -52,8 +53,28 @@ def _check_images(paths, ids: list[str], what: str) -> None:
                         "Rerun prepare (its failures.csv says why), or rerun folds with --force after removing them.")
 
 
+def image_fingerprints(paths) -> dict[str, str] | None:
+    """Resolved train PNG path -> meta.csv ``fingerprint`` (prepare's record of what it converted),
+    or None when meta.csv has no such column (the training fingerprint then uses each PNG's size
+    and mtime instead: see :func:`pipeline.detector.fold_data_fingerprint`)."""
+    path = paths.meta_csv
+    if not path.is_file():
+        return None
+    try:
+        head = pd.read_csv(path, nrows=0)
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return None
+    if "fingerprint" not in head.columns or "image_id" not in head.columns:
+        return None
+    meta = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=lambda c: c in ("image_id", "split", "fingerprint"))
+    if "split" in meta.columns:
+        meta = meta[meta["split"] == "train"]
+    return {str(paths.image("train", i).resolve()): f for i, f in zip(meta["image_id"], meta["fingerprint"]) if f}
+
+
 def run(cfg, paths) -> dict:
-    from pipeline.detector import build_train_args, check_model_spec, resolve_device, train_fold, write_fold_lists
+    from pipeline.detector import (build_train_args, check_model_spec, fold_data_fingerprint, resolve_device,
+                                   train_fold, write_fold_lists)
 
     model_spec = check_model_spec(cfg.det.model)
     device = resolve_device(cfg.run.device)
@@ -67,6 +88,7 @@ def run(cfg, paths) -> dict:
 
         workers = os.cpu_count() or 1
     summary: dict = {"device": str(device), "model": cfg.det.model}
+    image_fps = image_fingerprints(paths)
     for k in folds:
         train_ids, val_ids = fold_split(cfg, paths, k)
         _check_images(paths, train_ids, "train")
@@ -79,7 +101,8 @@ def run(cfg, paths) -> dict:
                                 extra=cfg.det.train_args)
         print(f"[train_det] fold {k}: {len(train_ids)} train / {len(val_ids)} val images, "
               f"{cfg.det.model} at {cfg.det.imgsz} px on {device} -> {det_dir}")
-        result = train_fold(model_spec, det_dir, args, force=bool(cfg.run.force))
+        data = fold_data_fingerprint(det_dir, image_fps)  # which images (lists) and what they contain
+        result = train_fold(model_spec, det_dir, args, force=bool(cfg.run.force), data=data)
         print(f"[train_det] fold {k}: {result['status']} -> {result['best']}")
         summary[f"fold{k}"] = result["status"]
         summary[f"fold{k}_map50"] = _best_map50(det_dir)
