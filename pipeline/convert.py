@@ -2,8 +2,14 @@
 
 - Each PNG is written atomically (temporary file + ``os.replace``): a crash or Ctrl-C never
   leaves a partial PNG, so "the file exists" means "the file is complete".
-- Resume: a job whose ``dest`` exists AND has a row in ``previous_meta`` is skipped (its previous
-  row is returned) unless ``force``; everything else is (re)converted.
+- Resume: a job whose ``dest`` exists AND has a row in ``previous_meta`` with the same
+  ``fingerprint`` is skipped (its previous row is returned) unless ``force``; everything else is
+  (re)converted. The fingerprint (``job_fingerprint``) hashes the options that change pixels and the
+  source file's size and mtime, so a run with another ``image.size``/``image.clahe``/... or an edited
+  source re-converts instead of silently keeping stale PNGs. Rows from older meta tables without the
+  column never match, so those images are converted again once.
+- A job that fails removes its old PNG (if any): the folder never keeps a PNG meta.csv does not
+  describe.
 - A bad file becomes one row of ``failures`` (image_id, split, source, reason: one line, no
   traceback); every other file still converts.
 - ``workers > 1`` runs a spawn-safe process pool (chunked ``imap_unordered``), with a tqdm bar.
@@ -16,7 +22,10 @@ From Python::
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing as mp
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping
@@ -29,7 +38,8 @@ import numpy as np
 from pipeline.errors import ConfigError, DataError
 
 META_COLUMNS = ["image_id", "split", "height", "width", "out_height", "out_width", "photometric",
-                "bits_stored", "transfer_syntax", "source", "mapping", "inverted", "clahe", "decode_reduce"]
+                "bits_stored", "transfer_syntax", "source", "mapping", "inverted", "clahe", "decode_reduce",
+                "fingerprint"]
 FAILURE_COLUMNS = ["image_id", "split", "source", "reason"]
 
 
@@ -77,6 +87,21 @@ class ConvertOptions:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in dict(image_cfg).items() if k in known})
 
+    def pixel_key(self) -> dict:
+        """The options that change the PNG's pixels, normalised so that knobs of a disabled step
+        (``clahe_clip``/``clahe_grid`` with CLAHE off, ``denoise_strength`` with denoise off) and
+        ``png_compression`` (lossless) do not count."""
+        return {
+            "size": int(self.size), "square": bool(self.square), "bits": int(self.bits),
+            "voi_lut": str(self.voi_lut), "percentiles": [float(p) for p in self.percentiles],
+            "clahe": bool(self.clahe),
+            "clahe_clip": float(self.clahe_clip) if self.clahe else None,
+            "clahe_grid": int(self.clahe_grid) if self.clahe else None,
+            "denoise": bool(self.denoise),
+            "denoise_strength": float(self.denoise_strength) if self.denoise else None,
+            "fast_decode": bool(self.fast_decode), "decode_slack": float(self.decode_slack),
+        }
+
     @property
     def clahe_label(self) -> str:
         return f"{float(self.clahe_clip)}/{int(self.clahe_grid)}" if self.clahe else "off"
@@ -95,10 +120,30 @@ class ConvertJob:
         self.source, self.dest = Path(self.source), Path(self.dest)
 
 
+FINGERPRINT_DIGITS = 16
+
+
+def job_fingerprint(job: ConvertJob, options: ConvertOptions) -> str:
+    """16 hex digits identifying what would produce ``job.dest``: ``options.pixel_key()`` plus the
+    size and mtime (ns) of ``job.source``. "" when the source cannot be stat'ed (it will then fail to
+    convert and be reported), which never matches a recorded fingerprint."""
+    try:
+        st = os.stat(job.source)
+    except OSError:
+        return ""
+    blob = json.dumps({"options": options.pixel_key(), "source_size": int(st.st_size),
+                       "source_mtime_ns": int(st.st_mtime_ns)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:FINGERPRINT_DIGITS]
+
+
 def convert_one(job: ConvertJob, options: ConvertOptions) -> dict:
     """Convert one image and write its PNG atomically; returns its meta row. Raises DataError."""
     from pipeline import dicom, imaging
     from pipeline.io import write_bytes_atomic
+
+    # Stat before reading: if the source changes while it is read, the recorded (older) mtime will
+    # not match next time and the image is converted again rather than kept stale.
+    fingerprint = job_fingerprint(job, options)
 
     def target(height: int, width: int) -> tuple[int, int]:
         return imaging.output_shape(height, width, options.size, options.square)
@@ -122,6 +167,7 @@ def convert_one(job: ConvertJob, options: ConvertOptions) -> dict:
         "photometric": img.photometric, "bits_stored": img.bits_stored,
         "transfer_syntax": img.transfer_syntax, "source": str(job.source), "mapping": mapping,
         "inverted": bool(img.inverted), "clahe": options.clahe_label, "decode_reduce": int(img.decode_reduce),
+        "fingerprint": fingerprint,
     }
 
 
@@ -171,12 +217,11 @@ def convert_images(
     done = _previous_rows(previous_meta)
     rows: dict[int, dict] = {}
     todo: list[tuple[int, ConvertJob]] = []
-    for i, job in enumerate(jobs):
-        prev = done.get((job.split, job.image_id))
-        if not force and prev is not None and job.dest.is_file():
-            rows[i] = prev
-        else:
+    for i, (job, redo) in enumerate(zip(jobs, _needs(jobs, options, done, force))):
+        if redo:
             todo.append((i, job))
+        else:
+            rows[i] = done[(job.split, job.image_id)]
 
     failures: list[dict] = []
     workers = mp.cpu_count() if workers <= 0 else workers
@@ -184,7 +229,7 @@ def convert_images(
     bar = _progress(len(todo), progress)
     try:
         if workers == 1:
-            _init_single()
+            # single process: keep OpenCV's threads (nothing else in this process to oversubscribe)
             results = ((i, _work((job, options))) for i, job in todo)
             for i, (status, row) in results:
                 _collect(i, status, row, rows, failures, bar)
@@ -198,6 +243,13 @@ def convert_images(
     finally:
         if bar is not None:
             bar.close()
+    # A job that was (re)converted and failed must not leave its earlier PNG behind: that PNG was
+    # made from other options or another version of the source, and meta.csv no longer lists it.
+    by_key = {(job.split, job.image_id): job for _, job in todo}
+    for row in failures:
+        job = by_key.get((str(row["split"]), str(row["image_id"])))
+        if job is not None:
+            job.dest.unlink(missing_ok=True)
 
     meta = pd.DataFrame([rows[i] for i in sorted(rows)], columns=META_COLUMNS)
     meta = _meta_types(meta)
@@ -211,8 +263,26 @@ def _indexed_work(args):
     return i, _work((job, options))
 
 
-def _init_single() -> None:
-    pass  # single process: keep OpenCV's threads (the caller's process, nothing to oversubscribe)
+def needs_conversion(
+    jobs: Iterable[ConvertJob],
+    options: ConvertOptions,
+    previous_meta: pd.DataFrame | None = None,
+    force: bool = False,
+) -> list[bool]:
+    """For each job, whether ``convert_images`` would (re)convert it (True) or keep its earlier
+    PNG and ``previous_meta`` row (False: PNG present and the row's fingerprint matches)."""
+    jobs = list(jobs)
+    return _needs(jobs, options, _previous_rows(previous_meta), force)
+
+
+def _needs(jobs: list[ConvertJob], options: ConvertOptions, done: dict, force: bool) -> list[bool]:
+    out = []
+    for job in jobs:
+        prev = done.get((job.split, job.image_id))
+        keep = (not force and prev is not None and job.dest.is_file()
+                and bool(prev.get("fingerprint")) and prev["fingerprint"] == job_fingerprint(job, options))
+        out.append(not keep)
+    return out
 
 
 def _collect(i: int, status: str, row: dict, rows: dict, failures: list, bar) -> None:
@@ -243,6 +313,8 @@ def _previous_rows(previous_meta: pd.DataFrame | None) -> dict[tuple[str, str], 
     out = {}
     for rec in previous_meta.to_dict("records"):
         row = {c: rec.get(c) for c in META_COLUMNS}
+        fp = row["fingerprint"]  # None (older table) or NaN never matches: that image is converted again
+        row["fingerprint"] = fp if isinstance(fp, str) else ""
         out[(str(row["split"]), str(row["image_id"]))] = row
     return out
 
@@ -255,7 +327,10 @@ def _meta_types(meta: pd.DataFrame) -> pd.DataFrame:
     for col in ("height", "width", "out_height", "out_width", "bits_stored", "decode_reduce"):
         meta[col] = pd.to_numeric(meta[col]).astype("int64") if len(meta) else meta[col].astype("int64")
     meta["inverted"] = meta["inverted"].map(_to_bool).astype(bool) if len(meta) else meta["inverted"].astype(bool)
-    for col in ("image_id", "split", "photometric", "transfer_syntax", "source", "mapping", "clahe"):
+    if "fingerprint" not in meta.columns:  # a table written before the column existed
+        meta["fingerprint"] = ""
+    meta["fingerprint"] = meta["fingerprint"].fillna("")
+    for col in ("image_id", "split", "photometric", "transfer_syntax", "source", "mapping", "clahe", "fingerprint"):
         meta[col] = meta[col].astype(str)
     return meta
 
@@ -267,15 +342,21 @@ def _to_bool(v) -> bool:
 
 
 def read_meta(path: Path) -> pd.DataFrame | None:
-    """A previous ``meta.csv`` for resuming, or None when absent; ids and splits read as strings."""
+    """A previous ``meta.csv`` for resuming, or None when absent; ids and splits read as strings.
+
+    A table from an older version without the ``fingerprint`` column is accepted: its fingerprints
+    read as "", so each of its images is converted again on the next run."""
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         return None
     # keep_default_na=False: an empty split (dicom2png) or an id like "NA" stays a string
-    meta = pd.read_csv(path, dtype={"image_id": str, "split": str, "transfer_syntax": str, "clahe": str},
-                       keep_default_na=False)
+    # fingerprint as str: an all-digit hash would otherwise read as a number ("1e5..." as a float)
+    meta = pd.read_csv(path, dtype={"image_id": str, "split": str, "transfer_syntax": str, "clahe": str,
+                                    "fingerprint": str}, keep_default_na=False)
+    if "fingerprint" not in meta.columns:
+        meta["fingerprint"] = ""
     missing = [c for c in META_COLUMNS if c not in meta.columns]
     if missing:
         raise DataError(f"{path}: not a conversion meta table (missing columns {missing}); "
@@ -283,5 +364,6 @@ def read_meta(path: Path) -> pd.DataFrame | None:
     return _meta_types(meta[META_COLUMNS])
 
 
-__all__ = ["ConvertOptions", "ConvertJob", "convert_images", "convert_one", "read_meta",
+__all__ = ["ConvertOptions", "ConvertJob", "convert_images", "convert_one", "read_meta", "job_fingerprint",
+           "needs_conversion",
            "META_COLUMNS", "FAILURE_COLUMNS"]

@@ -1,6 +1,8 @@
 """pipeline.convert (batches, failures, resume) and the dicom2png tool, on real files and broken copies."""
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import cv2
@@ -11,7 +13,8 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
 from pipeline import convert as convert_mod
-from pipeline.convert import META_COLUMNS, ConvertJob, ConvertOptions, convert_images, read_meta
+from pipeline.convert import (META_COLUMNS, ConvertJob, ConvertOptions, convert_images, job_fingerprint,
+                              needs_conversion, read_meta)
 from pipeline.errors import DataError
 from pipeline.tools import dicom2png
 
@@ -39,6 +42,7 @@ def test_every_real_file_converts(real_dir, tmp_path, bits):
         assert png.shape == (rec.out_height, rec.out_width) and max(png.shape) == 256
         assert rec.inverted == (rec.photometric == "MONOCHROME1")
         assert rec.clahe == "2.0/8"
+        assert re.fullmatch(r"[0-9a-f]{16}", rec.fingerprint)
     vin = meta[meta["transfer_syntax"] == "1.2.840.10008.1.2.4.90"].set_index("image_id")
     assert len(vin) == 4 and (vin["decode_reduce"] == 8).all()
     assert (vin["mapping"] == "percentile 0.5-99.5").all()
@@ -170,6 +174,120 @@ def test_resume_skips_and_force_redoes(real_dir, tmp_path, monkeypatch):
     calls.clear()
     convert_images(jobs, ConvertOptions(size=128), previous_meta=meta1, force=True, progress=False)
     assert calls == [j.image_id for j in jobs]
+
+
+def _count_calls(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real_one = convert_mod.convert_one
+    monkeypatch.setattr(convert_mod, "convert_one", lambda job, opts: calls.append(job.image_id) or real_one(job, opts))
+    return calls
+
+
+def test_changed_options_reconvert_same_options_skip(real_dir, tmp_path, monkeypatch):
+    paths = [real_dir / SIIM, real_dir / "dicom/header_modified/Fake_MONOHR1.dcm"]
+    jobs = jobs_for(paths, tmp_path)
+    meta1, _ = convert_images(jobs, ConvertOptions(size=256), progress=False)
+    assert (meta1[["out_height", "out_width"]].max(axis=1) == 256).all() and (meta1["clahe"] == "2.0/8").all()
+    calls = _count_calls(monkeypatch)
+
+    # image.size=64 image.clahe=false after a 256 px run: every PNG and meta row is redone
+    small = ConvertOptions(size=64, clahe=False)
+    assert needs_conversion(jobs, small, meta1) == [True, True]
+    meta2, failures = convert_images(jobs, small, previous_meta=meta1, progress=False)
+    assert failures.empty and calls == [j.image_id for j in jobs]
+    assert (meta2[["out_height", "out_width"]].max(axis=1) == 64).all() and (meta2["clahe"] == "off").all()
+    assert (meta2["fingerprint"] != meta1["fingerprint"]).all()
+    for rec in meta2.itertuples():
+        png = cv2.imread(str(tmp_path / f"{rec.image_id}.png"), cv2.IMREAD_UNCHANGED)
+        assert png.shape == (rec.out_height, rec.out_width)
+    # the original-size columns do not depend on the options
+    pd.testing.assert_frame_equal(meta1[["image_id", "height", "width"]], meta2[["image_id", "height", "width"]])
+
+    # the same options again (meta read back from CSV, as prepare does): nothing converted, nothing rewritten
+    from pipeline.io import write_csv_atomic
+
+    write_csv_atomic(meta2, tmp_path / "meta.csv")
+    back = read_meta(tmp_path / "meta.csv")
+    pd.testing.assert_frame_equal(back, meta2)
+    mtimes = {j.image_id: j.dest.stat().st_mtime_ns for j in jobs}
+    calls.clear()
+    assert needs_conversion(jobs, small, back) == [False, False]
+    meta3, _ = convert_images(jobs, small, previous_meta=back, progress=False)
+    assert calls == []
+    pd.testing.assert_frame_equal(meta3, meta2)
+    assert {j.image_id: j.dest.stat().st_mtime_ns for j in jobs} == mtimes
+
+    # only the clahe knob differs: that one setting is enough to redo the images
+    meta4, _ = convert_images(jobs, ConvertOptions(size=64, clahe=True), previous_meta=meta3, progress=False)
+    assert calls == [j.image_id for j in jobs] and (meta4["clahe"] == "2.0/8").all()
+
+
+def test_fingerprint_tracks_pixel_options_only(real_dir):
+    job = ConvertJob("a", "train", real_dir / SIIM, Path("unused.png"))
+    base = job_fingerprint(job, ConvertOptions())
+    assert re.fullmatch(r"[0-9a-f]{16}", base)
+    assert job_fingerprint(job, ConvertOptions()) == base  # deterministic
+    changed = [dict(size=512), dict(square=True), dict(bits=16), dict(voi_lut="off"), dict(percentiles=(1, 99)),
+               dict(clahe=False), dict(clahe_clip=3.0), dict(clahe_grid=4), dict(denoise=True),
+               dict(fast_decode=False), dict(decode_slack=0.2)]
+    fps = {job_fingerprint(job, ConvertOptions(**kw)) for kw in changed}
+    assert len(fps) == len(changed) and base not in fps
+    # lossless PNG compression, and knobs of a disabled step, do not change the pixels
+    assert job_fingerprint(job, ConvertOptions(png_compression=9)) == base
+    assert job_fingerprint(job, ConvertOptions(denoise_strength=7.0)) == base
+    off = job_fingerprint(job, ConvertOptions(clahe=False))
+    assert job_fingerprint(job, ConvertOptions(clahe=False, clahe_clip=4.0, clahe_grid=2)) == off
+    assert job_fingerprint(ConvertJob("b", "train", real_dir / "missing.dcm", Path("x.png")), ConvertOptions()) == ""
+
+
+def test_changed_source_file_reconverts(real_dir, tmp_path, monkeypatch):
+    src = tmp_path / "src" / "img.dcm"
+    src.parent.mkdir()
+    src.write_bytes((real_dir / SIIM).read_bytes())
+    jobs = jobs_for([src], tmp_path / "out")
+    opts = ConvertOptions(size=128)
+    meta1, _ = convert_images(jobs, opts, progress=False)
+    calls = _count_calls(monkeypatch)
+
+    # same bytes, new mtime (e.g. the file was re-downloaded): converted again
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    meta2, _ = convert_images(jobs, opts, previous_meta=meta1, progress=False)
+    assert calls == ["img"] and meta2["fingerprint"].item() != meta1["fingerprint"].item()
+
+    # other content with a different size but the recorded mtime put back: converted again
+    mtime, size = src.stat().st_mtime_ns, src.stat().st_size
+    other = pydicom.dcmread(real_dir / "dicom/header_modified/Fake_MONOHR1.dcm")
+    other.ImageComments = "edited copy"  # the two real files happen to be the same size
+    other.save_as(src)
+    assert src.stat().st_size != size
+    os.utime(src, ns=(mtime, mtime))
+    calls.clear()
+    meta3, _ = convert_images(jobs, opts, previous_meta=meta2, progress=False)
+    assert calls == ["img"] and meta3["photometric"].item() == "MONOCHROME1" != meta2["photometric"].item()
+
+    # a source that is now broken: reported, and its stale PNG is removed rather than left for training
+    src.write_bytes(b"")
+    meta4, failures = convert_images(jobs, opts, previous_meta=meta3, progress=False)
+    assert meta4.empty and list(failures["image_id"]) == ["img"]
+    assert not jobs[0].dest.exists()
+
+
+def test_meta_without_fingerprint_still_reads_and_reconverts(real_dir, tmp_path, monkeypatch):
+    jobs = jobs_for([real_dir / SIIM], tmp_path)
+    meta1, _ = convert_images(jobs, ConvertOptions(size=128), progress=False)
+    old = tmp_path / "meta.csv"
+    meta1.drop(columns="fingerprint").to_csv(old, index=False)  # as written before the column existed
+    back = read_meta(old)
+    assert list(back.columns) == META_COLUMNS and back["fingerprint"].tolist() == [""]
+    calls = _count_calls(monkeypatch)
+    meta2, _ = convert_images(jobs, ConvertOptions(size=128), previous_meta=back, progress=False)
+    assert calls == [jobs[0].image_id]
+    assert meta2["fingerprint"].item() == meta1["fingerprint"].item()
+    # an in-memory table lacking the column behaves the same
+    calls.clear()
+    convert_images(jobs, ConvertOptions(size=128), previous_meta=meta1.drop(columns="fingerprint"), progress=False)
+    assert calls == [jobs[0].image_id]
 
 
 def test_two_workers(real_dir, tmp_path):

@@ -148,3 +148,39 @@ def test_prepare_cli_exits_nonzero_on_a_broken_image(tmp_path, capsys):
     csv.write_text("".join(ln for ln in csv.read_text().splitlines(True) if not ln.startswith("broken0001")))
     assert main(args) == 0
     assert json.loads(marker.read_text())["summary"]["n_failures"] == 0
+
+
+def test_prepare_rerun_with_other_image_size_rewrites_pngs(tmp_path, capsys):
+    """image.size=128 then image.size=64 image.clahe=false: every PNG and meta row is redone, none kept stale."""
+    small = {**overrides(tmp_path), "data.demo_n_train": 3, "data.demo_n_test": 1}
+    cfg = load_config(CONFIG_DIR / "demo.yaml", small)
+    paths = RunPaths.from_config(cfg)
+    run_stage("prepare", cfg)
+    meta1 = read_csv(paths.meta_csv).set_index("image_id")
+    assert (meta1[["out_width", "out_height"]].max(axis=1) == 128).all()
+    mtimes = {p: p.stat().st_mtime_ns for p in paths.images_dir("train").glob("*.png")}
+
+    cfg2 = load_config(CONFIG_DIR / "demo.yaml", {**small, "image.size": 64, "image.clahe": False})
+    capsys.readouterr()
+    summary = run_stage("prepare", cfg2)  # the config changed, so the stage runs again
+    assert summary["skipped"] is False and summary["n_failures"] == 0
+    out = capsys.readouterr().out
+    assert "converting 4 image(s)" in out and "skipped" not in out.split("converting")[1].splitlines()[0]
+    meta2 = read_csv(paths.meta_csv).set_index("image_id")
+    assert sorted(meta2.index) == sorted(meta1.index)
+    assert (meta2[["out_width", "out_height"]].max(axis=1) == 64).all() and (meta2["clahe"] == "off").all()
+    assert (meta2["fingerprint"] != meta1.loc[meta2.index, "fingerprint"]).all()
+    for r in meta2.reset_index().itertuples():
+        with Image.open(paths.image(r.split, r.image_id)) as im:
+            assert im.size == (r.out_width, r.out_height)
+    assert all(p.stat().st_mtime_ns != t for p, t in mtimes.items())
+
+    # back to the first config: redone again (the 64 px PNGs are not "done" for 128), same fingerprints as run 1
+    capsys.readouterr()
+    assert run_stage("prepare", cfg)["skipped"] is False
+    assert "converting 4 image(s)" in capsys.readouterr().out
+    meta3 = read_csv(paths.meta_csv).set_index("image_id")
+    pd.testing.assert_series_equal(meta3["fingerprint"], meta1.loc[meta3.index, "fingerprint"])
+    for r in meta3.reset_index().itertuples():
+        with Image.open(paths.image(r.split, r.image_id)) as im:
+            assert max(im.size) == 128

@@ -5,7 +5,9 @@ Steps (every output through ``paths``, written atomically):
 1. demo data: with ``data.demo: true`` and no dataset in ``data.root``, generate the synthetic one;
 2. read the dataset (``pipeline.sources.load_dataset``): ``annotations.csv``, ``images.csv``;
 3. convert every image to PNG (``pipeline.convert``): ``images/<split>/<id>.png``, ``meta.csv``,
-   ``failures.csv`` (always written, empty when all converted). Images converted earlier are skipped;
+   ``failures.csv`` (always written, empty when all converted). Images converted earlier with the same
+   pixel-affecting ``image.*`` options from an unchanged source file are skipped (meta ``fingerprint``);
+   any other image is converted again, so changing e.g. ``image.size`` rewrites the PNGs;
 4. fuse the radiologists' boxes (``labels:`` section): ``boxes.csv`` (original pixels);
 5. YOLO labels for every converted train image (``labels/train/<id>.txt``; empty = normal) and
    ``dataset.yaml`` (the 14 finding names).
@@ -74,7 +76,7 @@ def _sizes_for_labels(images: pd.DataFrame, meta: pd.DataFrame) -> tuple[pd.Data
 
 
 def run(cfg, paths) -> dict:
-    from pipeline.convert import ConvertJob, ConvertOptions, convert_images, read_meta
+    from pipeline.convert import ConvertJob, ConvertOptions, convert_images, needs_conversion, read_meta
     from pipeline.labels import dataset_yaml, fuse_annotations, write_yolo_labels
     from pipeline.sources import load_dataset
 
@@ -94,8 +96,9 @@ def run(cfg, paths) -> dict:
     jobs = [ConvertJob(i, s, Path(src), paths.image(s, i))
             for i, s, src in zip(images["image_id"], images["split"], images["source"])]
     previous = None if cfg.run.force else read_meta(paths.meta_csv)
-    done_before = set() if previous is None else set(zip(previous["split"], previous["image_id"]))
-    n_skip = sum(1 for j in jobs if (j.split, j.image_id) in done_before and j.dest.is_file())
+    # Skipped: PNG present and its meta row's fingerprint matches these image.* options and the source
+    # file's size/mtime; a PNG made with another image.size/clahe/... or from an edited file is redone.
+    n_skip = len(jobs) - sum(needs_conversion(jobs, options, previous, force=bool(cfg.run.force)))
     workers = _workers(cfg)
     print(f"[prepare] converting {len(jobs) - n_skip} image(s) with {workers} worker(s)"
           + (f"; {n_skip} converted earlier: skipped" if n_skip else ""))

@@ -66,7 +66,7 @@ def build_parser(defaults) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.config import load_config
-    from pipeline.convert import ConvertJob, ConvertOptions, convert_images, read_meta
+    from pipeline.convert import ConvertJob, ConvertOptions, convert_images, needs_conversion, read_meta
     from pipeline.io import write_csv_atomic
 
     cfg_defaults = ConvertOptions.from_config(load_config().image)
@@ -88,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meta_path, failures_path = out / "meta.csv", out / "failures.csv"
     previous = read_meta(meta_path)
-    done_ids = set() if previous is None else set(previous["image_id"])
-    skipped = 0 if args.force else sum(1 for j in jobs if j.image_id in done_ids and j.dest.is_file())
+    skipped = 0 if args.force else len(jobs) - sum(needs_conversion(jobs, options, previous))
     meta, failures = convert_images(jobs, options, workers=args.workers, force=args.force,
                                     previous_meta=previous, progress=not args.quiet)
     # Keep rows of earlier runs for images not named this time, so meta.csv describes the folder.
