@@ -74,3 +74,14 @@ def test_explore_on_the_real_train_csv(real_dir, monkeypatch, tmp_path):
     assert "67,914 rows, 15,000 images, 17 readers" in text
     assert "31818" in text  # "No finding" readings in the label table
     assert "no PNGs" in text  # no run directory: the sample-image cell says so instead of failing
+
+
+def test_results_on_a_classifier_only_run(tmp_path, monkeypatch):
+    cfg, paths = build_run(tmp_path, images=True)
+    for p in paths.predictions_dir.glob("det_*"):
+        p.unlink()
+    evaluate.run(cfg, paths)  # classifier-only metrics.json
+    nb = execute("02_results.ipynb", monkeypatch, RUN_DIR=paths.run_dir)
+    text = outputs(nb)
+    assert "classifier metrics only" in text and "cls_auc" in text
+    assert images(nb) == 1  # the ROC only
