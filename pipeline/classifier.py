@@ -331,26 +331,17 @@ def load_checkpoint(path: Path, n_outputs: int, device="cpu"):
 # training
 # --------------------------------------------------------------------------------------------------
 def resolve_device(spec: str | int | None):
-    """``auto`` -> cuda if available else cpu; ``cpu``; ``0`` / ``0,1`` -> GPU ids.
-
-    Returns ``(torch.device, [gpu ids])``; several ids mean DataParallel over them.
-    """
+    """``run.device`` -> ``(torch.device, [gpu ids])`` (see :func:`pipeline.device.parse_device`);
+    several ids mean DataParallel over them. GPUs that are not there are a ConfigError."""
     import torch
 
-    spec = "auto" if spec is None else str(spec).strip().lower()
-    if spec == "auto":
-        return (torch.device("cuda:0"), [0]) if torch.cuda.is_available() else (torch.device("cpu"), [])
-    if spec == "cpu":
-        return torch.device("cpu"), []
-    try:
-        ids = [int(s) for s in spec.replace("cuda:", "").split(",") if s.strip() != ""]
-    except ValueError:
-        raise ConfigError(f"run.device: {spec!r} is not auto, cpu or GPU ids like 0 or 0,1") from None
-    if not torch.cuda.is_available():
-        raise ConfigError(f"run.device={spec!r} asks for a GPU but CUDA is not available; use run.device=cpu or auto.")
-    if any(i >= torch.cuda.device_count() for i in ids):
-        raise ConfigError(f"run.device={spec!r}: only {torch.cuda.device_count()} GPU(s) present.")
-    return torch.device(f"cuda:{ids[0]}"), ids
+    from pipeline.device import parse_device, require_gpus
+
+    parsed = parse_device(spec)
+    if isinstance(parsed, str):
+        return torch.device(parsed), []
+    require_gpus(parsed, spec)
+    return torch.device(f"cuda:{parsed[0]}"), parsed
 
 
 def seed_everything(seed: int) -> None:

@@ -37,25 +37,12 @@ _AMP_BAD_GPU = re.compile(r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400
 def resolve_device(device: Any) -> int | str | list[int]:
     """``run.device`` -> what ultralytics takes: 'auto' -> 0 when CUDA is present else 'cpu';
     'cpu' -> 'cpu'; '0' / 0 -> 0; '0,1' or [0, 1] -> [0, 1] (several GPUs: ultralytics runs DDP)."""
-    if isinstance(device, (list, tuple)):
-        ids = [int(d) for d in device]
-    else:
-        text = str(device).strip().lower()
-        if text in ("auto", ""):
-            import torch
+    from pipeline.device import parse_device
 
-            return 0 if torch.cuda.is_available() else "cpu"
-        if text == "cpu":
-            return "cpu"
-        if text == "mps":
-            return "mps"
-        try:
-            ids = [int(p) for p in text.replace(" ", "").strip("[]").split(",") if p != ""]
-        except ValueError:
-            raise ConfigError(f"run.device={device!r} is not auto, cpu, a GPU id (0) or a list of ids (0,1).") from None
-    if not ids:
-        raise ConfigError(f"run.device={device!r} names no GPU; use auto, cpu, 0 or 0,1.")
-    return ids[0] if len(ids) == 1 else ids
+    parsed = parse_device(device)
+    if isinstance(parsed, str):
+        return parsed
+    return parsed[0] if len(parsed) == 1 else parsed
 
 
 def is_gpu(device: Any) -> bool:
