@@ -21,13 +21,12 @@ only imported by the classifier stage), so light tools never pay for them.
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -649,7 +648,9 @@ def env_workers(value: int | None, run_workers: int) -> int:
     (where 0 means all cores)."""
     if value is not None:
         return max(0, int(value))
-    return (os.cpu_count() or 1) if int(run_workers) == 0 else int(run_workers)
+    from pipeline.config import resolve_workers
+
+    return resolve_workers(run_workers)
 
 
 __all__ = [

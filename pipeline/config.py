@@ -151,6 +151,16 @@ def _merge(base: dict, update: Mapping, defaults: Mapping, source: str, prefix: 
             base[key] = _check_type(dotted, default, copy.deepcopy(value), source)
 
 
+def resolve_workers(value, key: str = "run.workers") -> int:
+    """A worker-count setting -> processes to use: ``0`` means every core; negative is an error."""
+    import os
+
+    n = int(value)
+    if n < 0:
+        raise ConfigError(f"{key} must be >= 0 (0 = all cores), got {n}.")
+    return n or (os.cpu_count() or 1)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"det.epochs=3"`` -> ``("det.epochs", 3)``; the value is parsed with ``yaml.safe_load``."""
     if "=" not in text:

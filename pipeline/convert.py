@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # pandas is imported lazily: spawned workers start faster wit
 
 import numpy as np
 
+from pipeline.config import resolve_workers
 from pipeline.errors import ConfigError, DataError
 
 META_COLUMNS = ["image_id", "split", "height", "width", "out_height", "out_width", "photometric",
@@ -224,8 +225,7 @@ def convert_images(
             rows[i] = done[(job.split, job.image_id)]
 
     failures: list[dict] = []
-    workers = mp.cpu_count() if workers <= 0 else workers
-    workers = max(1, min(workers, len(todo)))
+    workers = max(1, min(resolve_workers(workers, "workers"), len(todo)))
     bar = _progress(len(todo), progress)
     try:
         if workers == 1:

@@ -10,7 +10,6 @@ scores it like any class, so its AP ranks images by how sure we are that they ar
 """
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Callable, Iterable, Sequence
 
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.classes import NORMAL_ID
+from pipeline.config import resolve_workers
 from pipeline.errors import DataError
 
 DET_COLUMNS = ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"]
@@ -77,11 +77,6 @@ def _concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
 def sort_detections(df: pd.DataFrame) -> pd.DataFrame:
     """Rows by image (first-seen order kept stable by a sort on id) and descending score."""
     return df.sort_values(["image_id", "score"], ascending=[True, False], kind="stable").reset_index(drop=True)
-
-
-def resolve_workers(workers: int) -> int:
-    """``0`` means every core; anything else at least 1."""
-    return max(1, os.cpu_count() or 1) if int(workers) <= 0 else int(workers)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,7 +215,7 @@ def fuse_detections(frames: Sequence[pd.DataFrame], sizes: pd.DataFrame, method:
 
     opts = dict(method=method, iou_thr=float(iou_thr), skip_box_thr=float(skip_box_thr), conf_type=conf_type,
                 weights=weights, sigma=float(sigma), soft_thresh=float(soft_thresh))
-    n_workers = resolve_workers(workers)
+    n_workers = resolve_workers(workers, "run.workers")
     if n_workers > 1:  # several chunks per worker, so one slow chunk does not leave the others idle
         chunk_size = max(1, min(chunk_size, -(-len(image_ids) // (4 * n_workers))))
     chunks = [(image_ids[i:i + chunk_size], groups[i:i + chunk_size], wh[i:i + chunk_size], opts)

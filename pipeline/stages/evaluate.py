@@ -27,7 +27,7 @@ from pipeline.errors import DataError, PipelineError
 from pipeline.fusion import DET_COLUMNS, add_normal_from_detections, normal_rows
 from pipeline.io import write_text_atomic
 from pipeline.paths import RunPaths
-from pipeline.stages.fuse import (classifier_probability, find_det_files, read_detections, read_table,
+from pipeline.stages.fuse import (find_det_files, read_detections, read_table,
                                   split_ids)
 
 TRUTH_COLUMNS = ["image_id", "class_id", "x_min", "y_min", "x_max", "y_max"]

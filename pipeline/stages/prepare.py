@@ -18,13 +18,13 @@ stage again after fixing (or removing) those files converts only what is missing
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.classes import NORMAL_ID, class_names, finding_names
+from pipeline.config import resolve_workers
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import write_csv_atomic
 
@@ -50,13 +50,6 @@ def _ensure_demo(cfg) -> None:
           f"({cfg.data.demo_n_train} train, {cfg.data.demo_n_test} test images)")
     make_demo(root, fmt=fmt, n_train=int(cfg.data.demo_n_train), n_test=int(cfg.data.demo_n_test),
               seed=int(cfg.run.seed))
-
-
-def _workers(cfg) -> int:
-    n = int(cfg.run.workers)
-    if n < 0:
-        raise ConfigError(f"run.workers must be >= 0 (0 = all cores), got {n}.")
-    return n or (os.cpu_count() or 1)
 
 
 def _sizes_for_labels(images: pd.DataFrame, meta: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -99,7 +92,7 @@ def run(cfg, paths) -> dict:
     # Skipped: PNG present and its meta row's fingerprint matches these image.* options and the source
     # file's size/mtime; a PNG made with another image.size/clahe/... or from an edited file is redone.
     n_skip = len(jobs) - sum(needs_conversion(jobs, options, previous, force=bool(cfg.run.force)))
-    workers = _workers(cfg)
+    workers = resolve_workers(cfg.run.workers)
     print(f"[prepare] converting {len(jobs) - n_skip} image(s) with {workers} worker(s)"
           + (f"; {n_skip} converted earlier: skipped" if n_skip else ""))
     t0 = time.perf_counter()

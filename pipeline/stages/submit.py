@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 
 from pipeline.errors import DataError, PipelineError
 from pipeline.io import write_csv_atomic

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import yaml
 
+from pipeline.config import resolve_workers
 from pipeline.errors import ConfigError, DataError
 
 
@@ -82,11 +83,7 @@ def run(cfg, paths) -> dict:
     folds = [int(k) for k in cfg.det.folds]
     if not folds:
         raise ConfigError("det.folds is empty; list the folds to train, e.g. det.folds=[0,1,2,3,4].")
-    workers = int(cfg.run.workers)
-    if workers <= 0:
-        import os
-
-        workers = os.cpu_count() or 1
+    workers = resolve_workers(cfg.run.workers)
     summary: dict = {"device": str(device), "model": cfg.det.model}
     image_fps = image_fingerprints(paths)
     for k in folds:
