@@ -27,7 +27,8 @@ from pipeline.errors import DataError, PipelineError
 from pipeline.fusion import DET_COLUMNS, add_normal_from_detections, normal_rows
 from pipeline.io import write_text_atomic
 from pipeline.paths import RunPaths
-from pipeline.stages.fuse import (find_det_files, read_detections, read_table,
+from pipeline.tables import read_folds, read_table
+from pipeline.stages.fuse import (find_det_files, read_detections,
                                   split_ids)
 
 TRUTH_COLUMNS = ["image_id", "class_id", "x_min", "y_min", "x_max", "y_max"]
@@ -84,8 +85,8 @@ def _json_safe(obj):
 def _fold_map(paths: RunPaths) -> pd.Series | None:
     if not paths.folds_csv.is_file():
         return None
-    f = read_table(paths.folds_csv, "folds table", ["image_id", "fold"])
-    return pd.Series(pd.to_numeric(f["fold"], errors="coerce").to_numpy(), index=f["image_id"].astype("str"))
+    f = read_folds(paths.folds_csv)
+    return pd.Series(f["fold"].to_numpy(), index=f["image_id"])
 
 
 def classifier_metrics(cfg, paths: RunPaths, names: list[str]) -> tuple[dict, dict]:

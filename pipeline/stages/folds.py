@@ -6,35 +6,11 @@ is kept (models may already be trained on it; hand-made folds are respected) unl
 """
 from __future__ import annotations
 
-import pandas as pd
-
 from pipeline.classes import class_names
 from pipeline.errors import DataError
 from pipeline.folds import fold_balance, format_balance, make_folds, max_share_deviation
 from pipeline.io import write_csv_atomic
-
-
-def read_images(path) -> pd.DataFrame:
-    """images.csv with id/patient/label columns as strings ("14" stays "14", empty stays "")."""
-    if not path.is_file():
-        raise DataError(f"{path} not found: run the prepare stage first (python -m pipeline prepare).")
-    return pd.read_csv(path, dtype={"image_id": str, "split": str, "patient_id": str, "labels": str},
-                       keep_default_na=False)
-
-
-def read_folds(path) -> pd.DataFrame:
-    """folds.csv as ``image_id`` (str), ``fold`` (int); a clear error when missing or malformed."""
-    if not path.is_file():
-        raise DataError(f"{path} not found: run the folds stage first (python -m pipeline folds).")
-    df = pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False)
-    if list(df.columns[:2]) != ["image_id", "fold"]:
-        raise DataError(f"{path}: columns must be image_id,fold; got {list(df.columns)}. "
-                        "Delete the file and run `python -m pipeline folds`.")
-    try:
-        df["fold"] = df["fold"].astype(int)
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: column 'fold' must hold integers. Delete the file and rerun the folds stage.") from None
-    return df[["image_id", "fold"]]
+from pipeline.tables import read_folds, read_images
 
 
 def _existing_matches(path, train_ids: set[str], n_splits: int) -> bool:

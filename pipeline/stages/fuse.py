@@ -28,6 +28,7 @@ from pipeline.fusion import (DET_COLUMNS, add_normal_from_detections, apply_two_
                              empty_detections, fuse_detections, sort_detections, tune_filter_thresholds)
 from pipeline.io import write_csv_atomic
 from pipeline.paths import RunPaths
+from pipeline.tables import read_folds, read_table
 
 SPLITS = ("oof", "test")
 
@@ -35,23 +36,6 @@ SPLITS = ("oof", "test")
 # --------------------------------------------------------------------------------------------------
 # inputs (shared with evaluate and submit)
 # --------------------------------------------------------------------------------------------------
-def read_table(path: Path, what: str, required: list[str] | None = None) -> pd.DataFrame:
-    """CSV with ``image_id`` as text; DataError naming the file when it is missing, unreadable or lacks columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: {what} not found. Run the stage that writes it first.")
-    try:
-        df = pd.read_csv(path, dtype={"image_id": "str"})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{path}: {what} cannot be read as CSV ({exc}). Delete it and re-run the stage "
-                        "that writes it.") from None
-    missing = [c for c in (required or []) if c not in df.columns]
-    if missing:
-        raise DataError(f"{path} line 1: {what} lacks column(s) {missing}; it has {list(df.columns)}. "
-                        "Re-run the stage that writes it.")
-    return df
-
-
 def read_detections(path: Path, what: str = "detections") -> pd.DataFrame:
     """A detections CSV (contract form; a ``tta`` column, if any, is kept)."""
     df = read_table(path, what, DET_COLUMNS)
@@ -282,8 +266,7 @@ def _split_image_ids(paths: RunPaths, split: str, dets: pd.DataFrame, oof_folds:
     else:
         ids = []
         if paths.folds_csv.is_file():
-            folds = read_table(paths.folds_csv, "folds table", ["image_id", "fold"])
-            fold = pd.to_numeric(folds["fold"], errors="coerce")
-            ids = folds.loc[fold.isin(oof_folds), "image_id"].astype("str").tolist()
+            folds = read_folds(paths.folds_csv)
+            ids = folds.loc[folds["fold"].isin(oof_folds), "image_id"].tolist()
     seen = set(ids)
     return ids + [i for i in have if i not in seen]

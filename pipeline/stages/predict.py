@@ -19,18 +19,12 @@ import pandas as pd
 from pipeline.classes import NORMAL_ID
 from pipeline.errors import ConfigError, DataError
 from pipeline.io import write_csv_atomic, write_text_atomic
+from pipeline.tables import read_table
 
 
 def read_meta(paths) -> pd.DataFrame:
-    path = paths.meta_csv
-    if not path.is_file():
-        raise DataError(f"{path} not found: run the prepare stage first (python -m pipeline prepare).")
-    meta = pd.read_csv(path, dtype={"image_id": str, "split": str})
-    need = ["image_id", "split", "height", "width"]
-    missing = [c for c in need if c not in meta.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; rerun prepare with --force.")
-    return meta
+    return read_table(paths.meta_csv, "image meta table", ["image_id", "split", "height", "width"],
+                      dtype={"split": str}, hint="run the prepare stage first (python -m pipeline prepare).")
 
 
 def _items(paths, meta: pd.DataFrame, split: str, ids: list[str]) -> tuple[list[tuple], list[dict]]:
@@ -120,7 +114,7 @@ def oof_map(paths, val_ids: list[str], oof: pd.DataFrame, iou_thr: float) -> flo
 
 def run(cfg, paths) -> dict:
     from pipeline.detector import import_ultralytics, predict_images, resolve_device
-    from pipeline.stages.folds import read_images
+    from pipeline.tables import read_images
     from pipeline.stages.train_det import fold_split
 
     device = resolve_device(cfg.run.device)

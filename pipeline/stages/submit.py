@@ -15,8 +15,9 @@ from pathlib import Path
 from pipeline.errors import DataError, PipelineError
 from pipeline.io import write_csv_atomic
 from pipeline.paths import RunPaths
+from pipeline.tables import read_table
 from pipeline.stages.evaluate import TRUTH_COLUMNS, test_truth_path
-from pipeline.stages.fuse import read_detections, read_table, split_ids
+from pipeline.stages.fuse import read_detections, split_ids
 
 
 def sample_submission_path(cfg) -> Path | None:

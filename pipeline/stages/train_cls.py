@@ -44,6 +44,7 @@ from pipeline.classes import NORMAL_ID, finding_names
 from pipeline.errors import ConfigError, DataError, PipelineError
 from pipeline.folds import parse_labels
 from pipeline.io import write_bytes_atomic, write_csv_atomic, write_text_atomic, write_with
+from pipeline.tables import read_table
 
 TASKS = ("binary", "multilabel")
 
@@ -93,10 +94,7 @@ def prob_columns(names) -> list[str]:
 
 
 def _read_csv(path: Path, what: str, hint: str) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise DataError(f"{path}: {what} not found; {hint}")
-    return pd.read_csv(path, dtype={"image_id": str, "labels": str, "patient_id": str, "split": str},
-                       keep_default_na=True)
+    return read_table(path, what, dtype={"labels": str, "patient_id": str, "split": str}, hint=hint)
 
 
 def build_targets(images: pd.DataFrame, cfg, boxes: pd.DataFrame | None, source: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -35,7 +35,7 @@ def dataset_names(paths) -> dict[int, str]:
 
 def fold_split(cfg, paths, fold: int) -> tuple[list[str], list[str]]:
     """(train ids, val ids) of ``fold``: train = every other fold's images, val = this fold's."""
-    from pipeline.stages.folds import read_folds
+    from pipeline.tables import read_folds
 
     folds = read_folds(paths.folds_csv)
     present = sorted(folds["fold"].unique().tolist())
