@@ -9,7 +9,7 @@ import importlib
 import sys
 
 from pipeline.errors import PipelineError
-from pipeline.runner import STAGES
+from pipeline.stages import STAGES
 
 # Standalone tools: module with main(argv) -> int.
 TOOLS = {
@@ -17,28 +17,49 @@ TOOLS = {
     "score": ("pipeline.tools.score", "score a submission with the VinBigData metric (VOC mAP at IoU 0.4)"),
     "dicom2png": ("pipeline.tools.dicom2png", "convert DICOM/PNG files or folders to training PNGs"),
     "yolo-labels": ("pipeline.tools.yolo_labels", "fuse radiologists' boxes and write YOLO label files"),
+    "slurm": ("pipeline.tools.slurm", "submit the run as a SLURM job graph (per-fold arrays); --dry-run prints it"),
+    "screen-images": ("pipeline.tools.screen", "is each input a chest X-ray? gate model + DICOM header rules -> screen.csv"),
 }
 
-USAGE = """usage: python -m pipeline <command> [args]
+USAGE = """usage: ./run.sh <command> [args]      (= python -m pipeline <command> [args] inside .venv)
 
-pipeline (stages read configs/default.yaml <- --config FILE <- key=value overrides):
+  ./run.sh                     set up on first use, then the whole demo (= ./run.sh demo)
+  ./run.sh test [pytest args]  the test suite (e.g. ./run.sh test -m slow, -m gpu, -k fuse)
+
+pipeline (configs/default.yaml <- --config FILE <- key=value overrides; finished work is skipped):
   demo         generate the demo dataset and run every stage on it (configs/demo.yaml)
-  run          run the stages listed in run.stages, in order, skipping finished ones
+                 e.g. ./run.sh demo det.epochs=5
+  run          run the stages listed in run.stages, in order
+                 e.g. ./run.sh run --config configs/vinbigdata.yaml data.root=/data/vinbigdata
 {stages}
-tools:
+tools (own flags):
 {tools}
 
-Run `python -m pipeline <command> --help` for a command's options."""
+`./run.sh <command> --help` says what a stage reads, writes and which config keys it uses."""
 
 
 def _usage() -> str:
-    stages = "\n".join(f"  {s:<12} run one stage" for s in STAGES)
+    from pipeline.stages import STAGES
+
+    stages = "\n".join(f"  {s.name:<12} {s.summary}\n                 e.g. {s.example}" for s in STAGES.values())
     tools = "\n".join(f"  {name:<12} {help_}" for name, (_, help_) in TOOLS.items())
     return USAGE.format(stages=stages, tools=tools)
 
 
 def _stage_parser(command: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m pipeline {command}")
+    from pipeline.stages import STAGES
+
+    info = STAGES.get(command)
+    if info is None:
+        desc = ("generate the demo dataset (when missing) and run every stage of configs/demo.yaml" if command == "demo"
+                else "run the stages of run.stages in order; each skips the work it finished earlier")
+        epilog = None
+    else:
+        desc = info.summary
+        epilog = (f"reads:  {info.reads}\nwrites: {info.writes} (under runs/<run.name>/)\n"
+                  f"config: {info.keys}\nexample: {info.example}")
+    p = argparse.ArgumentParser(prog=f"./run.sh {command}", description=desc, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "-c", default=None, help="experiment YAML (default: configs/default.yaml only)")
     p.add_argument("--force", action="store_true", help="redo finished work instead of skipping it")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. det.epochs=3")

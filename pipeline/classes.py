@@ -5,6 +5,8 @@ Both lists put the 14 findings at 0..13 and "no finding" at 14, so the normal cl
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 NORMAL_ID = 14
 
 VINBIGDATA = [
@@ -34,3 +36,47 @@ def class_names(fmt: str) -> list[str]:
 def finding_names(fmt: str) -> list[str]:
     """The 14 finding classes (ids 0..13), without the normal class."""
     return class_names(fmt)[:NORMAL_ID]
+
+
+@dataclass(frozen=True)
+class ClassList:
+    """A run's classes: findings at ids 0..n-1, the normal class last at id n (14 for VinBigData and
+    ChestX-ray14; 2 for TBX11K's two TB classes). Read with :func:`run_classes`."""
+
+    names: tuple
+
+    @property
+    def normal_id(self) -> int:
+        return len(self.names) - 1
+
+    @property
+    def findings(self) -> list[str]:
+        return list(self.names[:-1])
+
+    @property
+    def normal_name(self) -> str:
+        return self.names[-1]
+
+
+def run_classes(paths) -> ClassList:
+    """The classes prepare wrote to ``dataset.yaml`` (``names``: the findings; ``normal``: the normal class)."""
+    import yaml
+
+    from pipeline.errors import DataError
+
+    path = paths.dataset_yaml
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        raise DataError(f"{path}: the run's class list is missing or unreadable; run the prepare stage.") from None
+    names = data.get("names")
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names, key=int)]
+    if not isinstance(names, list) or not names:
+        raise DataError(f"{path}: 'names' must list the finding classes; run the prepare stage again.")
+    return ClassList(tuple(str(n) for n in names) + (str(data.get("normal", "No finding")),))
+
+
+def format_classes(fmt: str) -> ClassList:
+    """The fixed class list of a dataset format that has one (vinbigdata, chestxray14)."""
+    return ClassList(tuple(class_names(fmt)))

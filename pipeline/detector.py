@@ -13,7 +13,6 @@ Models come from a YAML that ultralytics ships (trained from scratch) or a local
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -34,7 +33,7 @@ _AMP_BAD_GPU = re.compile(r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400
 
 # --- device and model -----------------------------------------------------------------------
 
-def resolve_device(device: Any) -> int | str | list[int]:
+def resolve_detector_device(device: Any) -> int | str | list[int]:
     """``run.device`` -> what ultralytics takes: 'auto' -> 0 when CUDA is present else 'cpu';
     'cpu' -> 'cpu'; '0' / 0 -> 0; '0,1' or [0, 1] -> [0, 1] (several GPUs: ultralytics runs DDP)."""
     from pipeline.device import parse_device
@@ -142,45 +141,51 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def import_ultralytics():
-    """Import ultralytics after making it offline-safe; returns the ``YOLO`` class."""
+def import_ultralytics(threads: Any = None):
+    """Import ultralytics after making it offline-safe; returns the ``YOLO`` class.
+
+    ``threads`` (``run.threads``; None = leave as set earlier in this process): torch's compute threads,
+    kept when ultralytics selects a CPU device (it would set cpu_count - 1, one thread on 2 cores).
+    """
     from pipeline.offline import prepare_ultralytics
 
     prepare_ultralytics()
     from ultralytics import YOLO
 
+    if threads is not None:
+        from pipeline.device import use_threads
+
+        use_threads(threads)
     return YOLO
 
 
 # --- training one fold ----------------------------------------------------------------------
 
-def fold_files(det_dir: Path) -> dict[str, Path]:
-    """Files this module keeps in a fold's folder beside ultralytics' own outputs."""
-    return {"train_txt": det_dir / "train.txt", "val_txt": det_dir / "val.txt", "data_yaml": det_dir / "data.yaml",
-            "done": det_dir / "train_done.json", "started": det_dir / "train_started.json",
-            "last": det_dir / "weights" / "last.pt", "best": det_dir / "weights" / "best.pt"}
-
-
-def write_fold_lists(det_dir: Path, train_images: Sequence[Path], val_images: Sequence[Path],
+def write_fold_lists(paths, name: str, fold: int, train_images: Sequence[Path], val_images: Sequence[Path],
                      names: dict[int, str]) -> Path:
     """train.txt / val.txt (absolute PNG paths, one a line: images are never copied) and data.yaml."""
     import yaml
 
     from pipeline.io import write_text_atomic
 
-    files = fold_files(det_dir)
-    write_text_atomic(files["train_txt"], "".join(f"{Path(p).resolve()}\n" for p in train_images))
-    write_text_atomic(files["val_txt"], "".join(f"{Path(p).resolve()}\n" for p in val_images))
-    data = {"path": str(det_dir.resolve()), "train": str(files["train_txt"].resolve()),
-            "val": str(files["val_txt"].resolve()), "nc": len(names),
+    train_txt, val_txt, data_yaml = (paths.det_train_list(name, fold), paths.det_val_list(name, fold),
+                                     paths.det_data_yaml(name, fold))
+    write_text_atomic(train_txt, "".join(f"{Path(p).resolve()}\n" for p in train_images))
+    write_text_atomic(val_txt, "".join(f"{Path(p).resolve()}\n" for p in val_images))
+    data = {"path": str(paths.det_dir(name, fold).resolve()), "train": str(train_txt.resolve()),
+            "val": str(val_txt.resolve()), "nc": len(names),
             "names": {int(k): str(v) for k, v in sorted(names.items())}}
-    write_text_atomic(files["data_yaml"], yaml.safe_dump(data, sort_keys=False))
-    return files["data_yaml"]
+    write_text_atomic(data_yaml, yaml.safe_dump(data, sort_keys=False))
+    return data_yaml
 
 
 def build_train_args(*, data_yaml: Path, det_dir: Path, epochs: int, imgsz: int, batch: int, device: Any,
-                     seed: int, workers: int, extra: dict | None = None) -> dict:
-    """Keyword arguments for ``YOLO.train``: fixed output folder, offline-safe, ``extra`` merged last."""
+                     seed: int, workers: int, extra: dict | None = None, select: str = "last") -> dict:
+    """Keyword arguments for ``YOLO.train``: fixed output folder, offline-safe, ``extra`` merged last.
+
+    With ``select="last"`` (the honest default) early stopping is off: ultralytics would stop on the
+    fold's own validation fitness, which is choosing by looking at the fold that is then reported.
+    """
     args = {
         "data": str(data_yaml), "project": str(det_dir.parent.resolve()), "name": det_dir.name,
         "exist_ok": True,           # fixed folder det/<name>/fold<k>, never fold<k>2
@@ -192,84 +197,47 @@ def build_train_args(*, data_yaml: Path, det_dir: Path, epochs: int, imgsz: int,
         "val": True,
     }
     args.update(dict(extra or {}))
+    if select == "last":
+        if int(args.get("patience") or 0) > 0 and "patience" in (extra or {}):
+            raise ConfigError(
+                f"det.train_args.patience={args['patience']}: early stopping watches the fold's own validation "
+                "images, which makes its out-of-fold figures optimistic. Drop it, or set "
+                "det.select=best_on_fold_optimistic to accept that.")
+        args["patience"] = 0  # 0 = never stop early (ultralytics: patience or inf)
     return args
 
 
-def _sha(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+# Train arguments that do not change the weights (where they go, how loud, how many loader processes).
+_NOT_TRAINING = ("data", "project", "name", "exist_ok", "device", "workers", "verbose", "plots")
 
 
-def file_stamp(path: Path) -> list | None:
-    """[size, mtime_ns] of a file (a cheap stand-in for its contents), None when it is missing."""
-    try:
-        st = Path(path).stat()
-    except OSError:
-        return None
-    return [int(st.st_size), int(st.st_mtime_ns)]
+def training_inputs(model_spec: str, train_args: dict) -> dict:
+    """The model and argument part of a fold's training fingerprint: a local .pt counts by content."""
+    from pipeline.fingerprint import file_digest
+
+    model = {"file": file_digest(model_spec)} if Path(model_spec).is_file() else model_spec
+    return {"model": model, "args": {k: v for k, v in train_args.items() if k not in _NOT_TRAINING}}
 
 
-def fold_data_fingerprint(det_dir: Path, image_fingerprints: dict[str, str] | None = None) -> dict:
-    """What a fold's weights were trained on: hashes of train.txt / val.txt and of their images.
+def train_fold(model_spec: str, work, det_dir: Path, train_args: dict, *, force: bool = False,
+               threads: Any = None) -> dict:
+    """Train one fold into ``det_dir`` (= ``project/name``) under the :class:`pipeline.work.Work` ``work``.
 
-    ``image_fingerprints`` maps a PNG's resolved path to a content fingerprint (prepare's meta.csv
-    ``fingerprint`` column); images not in it (or all, when it is None) count by their file's
-    (size, mtime_ns). A listed image that is missing counts as ``None``. So re-running ``folds``
-    (other lists) or ``prepare`` (rewritten PNGs) makes a finished fold train again.
-    """
-    files = fold_files(det_dir)
-    out: dict = {}
-    for key in ("train_txt", "val_txt"):
-        try:
-            text = files[key].read_text()
-        except OSError:
-            text = None
-        out[key] = None if text is None else _sha(text)
-        lines = sorted(line.strip() for line in (text or "").splitlines() if line.strip())
-        fps = image_fingerprints or {}
-        stamps = [[p, fps[p] if p in fps else file_stamp(Path(p))] for p in lines]
-        out[key.replace("_txt", "_images")] = _sha(json.dumps(stamps))
-    return out
-
-
-def _args_fingerprint(model_spec: str, args: dict, data: dict | None = None) -> dict:
-    """Everything that decides the trained weights: model, train arguments (``batch`` included; not
-    ``workers``/``device``/``verbose``), and ``data`` (:func:`fold_data_fingerprint`)."""
-    keep = {k: v for k, v in args.items() if k not in ("workers", "device", "verbose")}
-    return json.loads(json.dumps({"model": model_spec, **keep, "data": data}, default=str))
-
-
-def train_fold(model_spec: str, det_dir: Path, train_args: dict, *, force: bool = False,
-               data: dict | None = None) -> dict:
-    """Train one fold into ``det_dir`` (= ``project/name``), resuming or skipping as appropriate.
-
-    * finished (``weights/best.pt`` and ``train_done.json`` for the same fingerprint): skipped unless ``force``;
-    * interrupted (``weights/last.pt``, no done marker, same fingerprint): resumed from last.pt;
-    * otherwise (or when the fingerprint changed): trained from the start in the same folder.
-    The fingerprint is the model, the arguments and ``data`` (default: :func:`fold_data_fingerprint`
-    of ``det_dir``: train/val lists and their images). Returns a summary dict (status, best weights,
-    epochs, seconds).
+    * done (last.pt there, same fingerprint): skipped unless ``force``;
+    * started with the same fingerprint and a ``last.pt`` (killed mid-training): resumed from it;
+    * otherwise: trained from the start in the same folder (old weights and logs removed first).
+    ``threads``: ``run.threads`` (torch compute threads, kept across ultralytics' device selection).
+    Returns a summary dict (status, weights, epochs, seconds).
     """
     import time
 
-    from pipeline.io import write_text_atomic
+    from pipeline.work import DONE, STARTED
 
-    files = fold_files(det_dir)
-    if data is None:
-        data = fold_data_fingerprint(det_dir)
-    fingerprint = _args_fingerprint(model_spec, train_args, data)
-
-    def same_args(marker: Path) -> bool:
-        try:
-            return json.loads(marker.read_text()).get("args") == fingerprint
-        except (OSError, ValueError):
-            return False
-
-    if not force and files["done"].is_file() and files["best"].is_file() and same_args(files["done"]):
-        return {"status": "skipped", "best": str(files["best"])}
-    resume = (not force and files["last"].is_file() and not files["done"].is_file()
-              and same_args(files["started"]))
+    last = det_dir / "weights" / "last.pt"
+    state = work.state(force)
+    if state == DONE:
+        return {"status": "skipped", "weights": str(last)}
+    resume = state == STARTED and last.is_file()
     if not resume:  # a fresh start: old weights and logs must not be mistaken for this run's
         for stale in ("weights", "results.csv", "args.yaml"):
             target = det_dir / stale
@@ -277,15 +245,14 @@ def train_fold(model_spec: str, det_dir: Path, train_args: dict, *, force: bool 
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-        files["done"].unlink(missing_ok=True)
-        write_text_atomic(files["started"], json.dumps({"args": fingerprint}, indent=2))
+        work.start()
 
-    YOLO = import_ultralytics()
+    YOLO = import_ultralytics(threads)
     trainer = offline_trainer_class()
     start = time.perf_counter()
     if resume:
-        print(f"[train_det] resuming {det_dir} from {files['last']}")
-        model = YOLO(str(files["last"]))
+        print(f"[train_det] resuming {det_dir} from {last}")
+        model = YOLO(str(last))
         keep = {k: train_args[k] for k in ("data", "device", "workers", "batch", "imgsz") if k in train_args}
         model.train(trainer=trainer, resume=True, **keep)
     else:
@@ -296,13 +263,12 @@ def train_fold(model_spec: str, det_dir: Path, train_args: dict, *, force: bool 
         except SyntaxError as exc:  # ultralytics reports unknown/invalid train arguments this way
             raise ConfigError(f"det.train_args: {exc}") from None
     seconds = time.perf_counter() - start
-    if not files["best"].is_file():
-        raise PipelineError(f"training finished without {files['best']}; see {det_dir} (results.csv) for what happened.")
+    if not last.is_file():
+        raise PipelineError(f"training finished without {last}; see {det_dir} (results.csv) for what happened.")
     epochs_run = _epochs_in_results(det_dir / "results.csv")
-    write_text_atomic(files["done"], json.dumps({"args": fingerprint, "seconds": seconds,
-                                                 "epochs_run": epochs_run}, indent=2))
-    return {"status": "resumed" if resume else "trained", "best": str(files["best"]), "seconds": round(seconds, 1),
-            "epochs_run": epochs_run}
+    summary = {"seconds": round(seconds, 1), "epochs_run": epochs_run}
+    work.finish(summary)
+    return {"status": "resumed" if resume else "trained", "weights": str(last), **summary}
 
 
 def _epochs_in_results(path: Path) -> int | None:

@@ -45,3 +45,34 @@ def require_gpus(ids: list[int], device: Any) -> None:
     n = torch.cuda.device_count()
     if any(i >= n for i in ids):
         raise ConfigError(f"run.device={device!r}: only {n} GPU(s) present (ids 0..{n - 1}).")
+
+
+def resolve_threads(value: Any) -> int:
+    """``run.threads`` -> compute threads for torch: ``0`` = every core of this machine (or of the
+    job's CPU allocation, where the OS limits the process to fewer cores); negative is an error."""
+    import os
+
+    n = int(value)
+    if n < 0:
+        raise ConfigError(f"run.threads must be >= 0 (0 = all cores), got {n}.")
+    if n:
+        return n
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def use_threads(value: Any) -> int:
+    """Give torch ``run.threads`` compute threads, also across ultralytics, which resets torch to
+    ``cpu_count - 1`` threads (one on a 2-core machine) whenever it selects a CPU device. Returns n."""
+    import sys
+
+    import torch
+
+    n = resolve_threads(value)
+    torch.set_num_threads(n)
+    tu = sys.modules.get("ultralytics.utils.torch_utils")
+    if tu is not None and hasattr(tu, "NUM_THREADS"):
+        tu.NUM_THREADS = n  # what its select_device passes to torch.set_num_threads
+    return n

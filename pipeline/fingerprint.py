@@ -45,7 +45,7 @@ def _plain(o: Any):
 
 def set_cache_dir(folder: str | Path | None) -> None:
     """Where file digests are cached (``None``: nowhere). ``CXR_HASH_CACHE`` wins when set."""
-    global _cache_dir, _conn
+    global _cache_dir
     with _lock:
         env = os.environ.get("CXR_HASH_CACHE")
         new = Path(env) if env else (Path(folder) if folder is not None else None)

@@ -19,11 +19,13 @@ import pandas as pd
 from pipeline.classes import NORMAL_ID
 from pipeline.config import resolve_workers
 from pipeline.errors import DataError
+from pipeline.wbf import CONF_TYPES, weighted_boxes_fusion_batched
 
 DET_COLUMNS = ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"]
 BOX_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
 METHODS = ("wbf", "nms", "soft_nms")
-CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
+ENGINES = ("batched", "ensemble_boxes")  # WBF for a chunk of images at once (pipeline.wbf) | one library call per image
+MIN_BATCH = 50  # images: smallest chunk a process pool gets with batched WBF (smaller ones cost more per image)
 NORMAL_BOX = (0.0, 0.0, 1.0, 1.0)  # the box of a class-14 prediction, in pixels, as Kaggle expects
 
 
@@ -58,12 +60,12 @@ def check_detections(df: pd.DataFrame, where: str) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def normal_rows(image_ids: Iterable[str], scores) -> pd.DataFrame:
+def normal_rows(image_ids: Iterable[str], scores, normal_id: int = NORMAL_ID) -> pd.DataFrame:
     """One class-14 detection per image (box 0 0 1 1 in pixels) with the given score(s)."""
     ids = pd.Series(list(image_ids), dtype="str")
     n = len(ids)
     box = {c: np.full(n, v) for c, v in zip(BOX_COLUMNS, NORMAL_BOX)}
-    return pd.DataFrame({"image_id": ids, "class_id": np.full(n, NORMAL_ID, dtype="int64"),
+    return pd.DataFrame({"image_id": ids, "class_id": np.full(n, normal_id, dtype="int64"),
                          "score": np.broadcast_to(np.asarray(scores, dtype="float64"), (n,)).copy(), **box})
 
 
@@ -114,34 +116,64 @@ def _fuse_one(per_source: list[tuple[np.ndarray, np.ndarray, np.ndarray]], metho
     return np.asarray(b, float).reshape(-1, 4), np.asarray(s, float), np.asarray(lab, float)
 
 
-def _fuse_chunk(args) -> pd.DataFrame:
-    """Worker: fuse a chunk of images. ``args`` = (image ids, per-image per-source arrays, sizes, options)."""
-    image_ids, groups, wh, opts = args
-    out_ids, out_cls, out_sc, out_box = [], [], [], []
-    for image_id, per_source, (width, height) in zip(image_ids, groups, wh):
-        b, s, lab = _fuse_one(per_source, **opts)
-        if not len(s):
-            continue
-        # ensemble-boxes computes in float32: round away its noise (1/1000 px is far below any use).
-        b = np.round(np.clip(b, 0.0, 1.0) * np.array([width, height, width, height], dtype=float), 3)
-        out_ids.extend([image_id] * len(s))
-        out_cls.append(lab.astype("int64"))
-        # ensemble-boxes returns float32 scores: keep their shortest decimal form (0.8, not 0.800000011920929)
-        out_sc.append(np.asarray(s, dtype=np.float32).astype(str).astype(np.float64))
-        out_box.append(b)
-    if not out_ids:
-        return empty_detections()
-    box = np.concatenate(out_box)
-    return pd.DataFrame({"image_id": pd.Series(out_ids, dtype="str"), "class_id": np.concatenate(out_cls),
-                         "score": np.concatenate(out_sc),
-                         **{c: box[:, i] for i, c in enumerate(BOX_COLUMNS)}})
+def _per_image_lists(src: np.ndarray, norm: np.ndarray, scores: np.ndarray, labels: np.ndarray, n_src: int):
+    """One image's rows (sorted by source) as ensemble-boxes' per-source lists."""
+    cuts = np.searchsorted(src, np.arange(n_src + 1))
+    return [(norm[cuts[k]:cuts[k + 1]], scores[cuts[k]:cuts[k + 1]], labels[cuts[k]:cuts[k + 1]])
+            for k in range(n_src)]
+
+
+def _fuse_rows(img, src, norm, scores, labels, n_src: int, opts: dict):
+    """Fuse the rows of some images (sorted by image index ``img``, then source): WBF batched over all
+    of them (pipeline.wbf) unless ``engine`` is ``ensemble_boxes``; NMS and soft-NMS call ensemble-boxes
+    image by image. Returns (image index, normalised boxes, scores, labels) of the fused boxes."""
+    opts = dict(opts)
+    engine = opts.pop("engine")
+    if opts["method"] == "wbf" and engine == "batched":
+        with np.errstate(invalid="ignore", divide="ignore"):  # zero-score clusters give NaN, as in the library
+            return weighted_boxes_fusion_batched(img, src, norm, scores, labels, n_src, weights=opts["weights"],
+                                                 iou_thr=opts["iou_thr"], skip_box_thr=opts["skip_box_thr"],
+                                                 conf_type=opts["conf_type"])
+    starts = np.flatnonzero(np.r_[True, img[1:] != img[:-1]]) if len(img) else np.zeros(0, dtype=np.int64)
+    parts = [(np.zeros(0, dtype=np.int64), np.zeros((0, 4)), np.zeros(0), np.zeros(0))]
+    for a, e in zip(starts, np.r_[starts[1:], len(img)]):
+        fused = _fuse_one(_per_image_lists(src[a:e], norm[a:e], scores[a:e], labels[a:e], n_src), **opts)
+        parts.append((np.full(len(fused[1]), img[a]), *fused))
+    return tuple(np.concatenate(x) for x in zip(*parts))
+
+
+def _fuse_range(data: tuple, first: int, stop: int):
+    """Fuse images ``first .. stop-1`` of ``data`` (see fuse_detections); returns arrays (image index,
+    class, score, box in pixels), ready for the table."""
+    wh, img, src, norm, scores, labels, row_at, n_src, opts = data
+    r = slice(row_at[first], row_at[stop])
+    out_img, b, s, lab = _fuse_rows(img[r], src[r], norm[r], scores[r], labels[r], n_src, opts)
+    out_img = out_img.astype(np.int64)
+    # ensemble-boxes computes in float32: round away its noise (1/1000 px is far below any use).
+    b = np.round(np.clip(b, 0.0, 1.0) * wh[out_img][:, [0, 1, 0, 1]], 3)
+    # float32 scores: keep their shortest decimal form (0.8, not 0.800000011920929)
+    s = np.asarray(s, dtype=np.float32).astype(str).astype(np.float64)
+    return out_img, lab.astype("int64"), s, b
+
+
+_POOL_INPUT: tuple | None = None  # what a pool worker fuses: set once per worker by _pool_init
+
+
+def _pool_init(data: tuple) -> None:
+    # With fork the rows are inherited, not pickled; tasks then carry two integers each.
+    global _POOL_INPUT
+    _POOL_INPUT = data
+
+
+def _pool_task(bounds: tuple[int, int]):
+    return _fuse_range(_POOL_INPUT, *bounds)
 
 
 def fuse_detections(frames: Sequence[pd.DataFrame], sizes: pd.DataFrame, method: str = "wbf",
                     iou_thr: float = 0.4, skip_box_thr: float = 0.0, conf_type: str = "avg",
                     weights: Sequence[float] | None = None, workers: int = 1, sigma: float = 0.5,
                     soft_thresh: float = 0.001, chunk_size: int = 200,
-                    progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+                    progress: Callable[[int], None] | None = None, *, engine: str = "batched") -> pd.DataFrame:
     """Fuse detections of several sources (one frame per model x fold x flip) image by image.
 
     Each frame is a detections table (``image_id, class_id, score, x_min, y_min, x_max, y_max`` in
@@ -155,6 +187,10 @@ def fuse_detections(frames: Sequence[pd.DataFrame], sizes: pd.DataFrame, method:
     found keeps 1/N of its score (so only pass frames that could have predicted the image, e.g. for
     out-of-fold data concatenate a model's folds into one frame).
 
+    ``engine``: ``batched`` (default) runs WBF for a whole chunk of images at once
+    (:func:`pipeline.wbf.weighted_boxes_fusion_batched`, the same output as ensemble-boxes, many times
+    faster); ``ensemble_boxes`` calls the library once per image (the reference). NMS and soft-NMS
+    always use the library.
     ``workers > 1`` fuses chunks of ``chunk_size`` images in a process pool (``0`` = all cores).
     Returns a detections table sorted by image and descending score; images without any box are absent.
     """
@@ -162,6 +198,8 @@ def fuse_detections(frames: Sequence[pd.DataFrame], sizes: pd.DataFrame, method:
         raise ValueError(f"fusion method {method!r} is not one of {METHODS}")
     if conf_type not in CONF_TYPES:
         raise ValueError(f"conf_type {conf_type!r} is not one of {CONF_TYPES}")
+    if engine not in ENGINES:
+        raise ValueError(f"fusion engine {engine!r} is not one of {ENGINES}")
     n_src = len(frames)
     if n_src == 0:
         return empty_detections()
@@ -181,70 +219,68 @@ def fuse_detections(frames: Sequence[pd.DataFrame], sizes: pd.DataFrame, method:
     if det.empty:
         return empty_detections()
 
+    # one integer per image, in sorted-id order (the output's order); sizes looked up once per image
+    codes, uniques = pd.factorize(det["image_id"], sort=True)
+    image_ids = np.asarray(uniques, dtype=object)
     size = sizes.drop_duplicates("image_id").set_index(sizes["image_id"].drop_duplicates().astype("str"))
-    w = det["image_id"].map(size["width"]).astype("float64").to_numpy()
-    h = det["image_id"].map(size["height"]).astype("float64").to_numpy()
-    no_size = np.isnan(w) | np.isnan(h) | (w <= 0) | (h <= 0)
+    wh = np.stack([size[c].reindex(uniques).astype("float64").to_numpy() for c in ("width", "height")], axis=1)
+    no_size = np.isnan(wh).any(axis=1) | (wh <= 0).any(axis=1)
     if no_size.any():
-        ids = det.loc[no_size, "image_id"].unique()
+        ids = image_ids[no_size]
         raise DataError(f"{len(ids)} image(s) with detections have no original size (width, height) in the "
                         f"size table, e.g. {list(ids[:5])}. Sizes come from meta.csv: re-run prepare, or "
                         "check that the predictions belong to this run.")
-    norm = det[BOX_COLUMNS].to_numpy(float) / np.stack([w, h, w, h], axis=1)
+    norm = det[BOX_COLUMNS].to_numpy(float) / wh[codes][:, [0, 1, 0, 1]]
     norm = np.clip(norm, 0.0, 1.0)
     # Boxes squeezed to nothing by clipping (entirely outside the image) carry no information.
     keep = (norm[:, 2] > norm[:, 0]) & (norm[:, 3] > norm[:, 1])
-    det, norm, w, h = det.loc[keep].reset_index(drop=True), norm[keep], w[keep], h[keep]
-
-    order = np.lexsort((det["_src"].to_numpy(), det["image_id"].to_numpy()))
-    det, norm, w, h = det.iloc[order].reset_index(drop=True), norm[order], w[order], h[order]
-    ids = det["image_id"].to_numpy()
-    src = det["_src"].to_numpy()
-    scores = det["score"].to_numpy(float)
-    labels = det["class_id"].to_numpy(float)
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    ends = np.r_[starts[1:], len(ids)]
-
-    image_ids, groups, wh = [], [], []
-    for a, b in zip(starts, ends):
-        cuts = np.searchsorted(src[a:b], np.arange(n_src + 1)) + a
-        groups.append([(norm[cuts[k]:cuts[k + 1]], scores[cuts[k]:cuts[k + 1]], labels[cuts[k]:cuts[k + 1]])
-                       for k in range(n_src)])
-        image_ids.append(ids[a])
-        wh.append((w[a], h[a]))
+    src = det["_src"].to_numpy()[keep]
+    order = np.lexsort((src, codes[keep]))  # by image, then source; stable: each source's row order kept
+    img, src, norm = codes[keep][order], src[order], norm[keep][order]
+    scores = det["score"].to_numpy(float)[keep][order]
+    labels = det["class_id"].to_numpy(float)[keep][order]
+    n_images = len(image_ids)
+    row_at = np.searchsorted(img, np.arange(n_images + 1))  # rows of image i: row_at[i] .. row_at[i+1]-1
 
     opts = dict(method=method, iou_thr=float(iou_thr), skip_box_thr=float(skip_box_thr), conf_type=conf_type,
-                weights=weights, sigma=float(sigma), soft_thresh=float(soft_thresh))
+                weights=weights, sigma=float(sigma), soft_thresh=float(soft_thresh), engine=engine)
     n_workers = resolve_workers(workers, "run.workers")
-    if n_workers > 1:  # several chunks per worker, so one slow chunk does not leave the others idle
-        chunk_size = max(1, min(chunk_size, -(-len(image_ids) // (4 * n_workers))))
-    chunks = [(image_ids[i:i + chunk_size], groups[i:i + chunk_size], wh[i:i + chunk_size], opts)
-              for i in range(0, len(image_ids), chunk_size)]
-    n_workers = min(n_workers, len(chunks))
+    if n_workers > 1:  # several chunks per worker, so one slow chunk does not leave the others idle,
+        # but not below MIN_BATCH images for batched WBF, whose cost per image grows in small batches
+        floor = MIN_BATCH if method == "wbf" and engine == "batched" else 1
+        chunk_size = max(1, min(chunk_size, max(-(-n_images // (4 * n_workers)), floor)))
+    data = (wh, img, src, norm, scores, labels, row_at, n_src, opts)
+    bounds = [(i, min(i + chunk_size, n_images)) for i in range(0, n_images, chunk_size)]
+    n_workers = min(n_workers, len(bounds))
     results = []
     if n_workers > 1:
         import multiprocessing as mp
 
-        # fork (Linux): workers need no re-import of the caller's __main__, so a notebook or a script
-        # without a main guard works too; the workers only run numpy and ensemble-boxes.
+        # fork (Linux): workers inherit the rows (no pickling) and need no re-import of the caller's
+        # __main__, so a notebook or a script without a main guard works too.
         method_name = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with mp.get_context(method_name).Pool(n_workers) as pool:
-            for res in pool.imap(_fuse_chunk, chunks):
+        with mp.get_context(method_name).Pool(n_workers, initializer=_pool_init, initargs=(data,)) as pool:
+            for (i, e), res in zip(bounds, pool.imap(_pool_task, bounds)):
                 results.append(res)
                 if progress:
-                    progress(len(res))
+                    progress(e - i)
     else:
-        for ch in chunks:
-            results.append(_fuse_chunk(ch))
+        for i, e in bounds:
+            results.append(_fuse_range(data, i, e))
             if progress:
-                progress(len(ch[0]))
-    return sort_detections(_concat(results))
+                progress(e - i)
+    out_img, cls, score, box = (np.concatenate(x) for x in zip(*results)) if results else ([],) * 4
+    if not len(out_img):
+        return empty_detections()
+    return sort_detections(pd.DataFrame({"image_id": pd.Series(image_ids[out_img], dtype="str"), "class_id": cls,
+                                         "score": score, **{c: box[:, i] for i, c in enumerate(BOX_COLUMNS)}}))
 
 
 # --------------------------------------------------------------------------------------------------
 # the normal class
 # --------------------------------------------------------------------------------------------------
-def add_normal_from_detections(dets: pd.DataFrame, image_ids: Iterable[str] | None = None) -> pd.DataFrame:
+def add_normal_from_detections(dets: pd.DataFrame, image_ids: Iterable[str] | None = None,
+                               normal_id: int = NORMAL_ID) -> pd.DataFrame:
     """Append a class-14 box to every image that has none, scored 1 - (its highest finding score).
 
     Used when no binary classifier is available: the detector's own confidence is the best ranking of
@@ -253,18 +289,18 @@ def add_normal_from_detections(dets: pd.DataFrame, image_ids: Iterable[str] | No
     every image of the split) adds images the detector left empty.
     """
     dets = dets[DET_COLUMNS] if len(dets) else empty_detections()
-    findings = dets[dets["class_id"] != NORMAL_ID]
-    has_normal = set(dets.loc[dets["class_id"] == NORMAL_ID, "image_id"])
+    findings = dets[dets["class_id"] != normal_id]
+    has_normal = set(dets.loc[dets["class_id"] == normal_id, "image_id"])
     all_ids = pd.Index(pd.unique(pd.concat([pd.Series(list(image_ids or []), dtype="str"),
                                             dets["image_id"].astype("str")], ignore_index=True)))
     need = [i for i in all_ids if i not in has_normal]
     top = findings.groupby("image_id")["score"].max()
     score = 1.0 - top.reindex(need).fillna(0.0).clip(0.0, 1.0).to_numpy()
-    return sort_detections(_concat([dets, normal_rows(need, score)]))
+    return sort_detections(_concat([dets, normal_rows(need, score, normal_id)]))
 
 
 def apply_two_class_filter(dets: pd.DataFrame, p_abnormal: pd.Series, low: float, high: float,
-                           multiply: bool = False) -> pd.DataFrame:
+                           multiply: bool = False, normal_id: int = NORMAL_ID) -> pd.DataFrame:
     """The 2-class filter of the VinBigData winners, driven by a classifier's p = p(abnormal).
 
     Per image with a p (``p_abnormal`` is indexed by image_id):
@@ -287,23 +323,24 @@ def apply_two_class_filter(dets: pd.DataFrame, p_abnormal: pd.Series, low: float
     row_p = dets["image_id"].map(p)
     has_p = row_p.notna().to_numpy()
     rp = row_p.to_numpy(float)
-    drop = has_p & ((dets["class_id"].to_numpy() == NORMAL_ID) | (rp < low))
+    drop = has_p & ((dets["class_id"].to_numpy() == normal_id) | (rp < low))
     out = dets.loc[~drop].copy()
     if multiply:
         m = out["image_id"].map(p)
-        finding = m.notna() & (out["class_id"] != NORMAL_ID)
+        finding = m.notna() & (out["class_id"] != normal_id)
         out.loc[finding, "score"] = out.loc[finding, "score"] * m[finding]
     low_ids = p.index[p < low]
     mid = p[(p >= low) & (p < high)]
-    return sort_detections(_concat([out, normal_rows(low_ids, 1.0), normal_rows(mid.index, 1.0 - mid.to_numpy())]))
+    return sort_detections(_concat([out, normal_rows(low_ids, 1.0, normal_id),
+                                    normal_rows(mid.index, 1.0 - mid.to_numpy(), normal_id)]))
 
 
 def tune_filter_thresholds(dets: pd.DataFrame, p_abnormal: pd.Series, truth: pd.DataFrame,
                            lows: Sequence[float] = (0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3),
                            highs: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0),
                            multiply: bool = False, iou_thr: float = 0.4,
-                           score: Callable[[pd.DataFrame, pd.DataFrame], float] | None = None
-                           ) -> tuple[float, float, float, pd.DataFrame]:
+                           score: Callable[[pd.DataFrame, pd.DataFrame], float] | None = None,
+                           normal_id: int = NORMAL_ID) -> tuple[float, float, float, pd.DataFrame]:
     """Grid-search (low, high) of the 2-class filter that maximise the out-of-fold mAP.
 
     ``dets`` are out-of-fold detections (original pixels), ``p_abnormal`` the out-of-fold p(abnormal)
@@ -330,7 +367,7 @@ def tune_filter_thresholds(dets: pd.DataFrame, p_abnormal: pd.Series, truth: pd.
         for hi in highs:
             if hi < lo:
                 continue
-            filtered = apply_two_class_filter(dets, p, lo, hi, multiply=multiply)
+            filtered = apply_two_class_filter(dets, p, lo, hi, multiply=multiply, normal_id=normal_id)
             rows.append({"low": float(lo), "high": float(hi), "map": score(truth, filtered)})
     grid = pd.DataFrame(rows)
     best = grid.loc[grid["map"].idxmax()]

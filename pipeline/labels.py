@@ -70,17 +70,17 @@ def _size_lookup(sizes: pd.DataFrame, ids: pd.Series, what: str = "boxes") -> tu
     return w, h
 
 
-def _check_args(method: str, iou_thr: float, classes: Iterable[int] | None) -> list[int]:
+def _check_args(method: str, iou_thr: float, classes: Iterable[int] | None, normal_id: int = NORMAL_ID) -> list[int]:
     if method not in FUSE_METHODS:
         raise ConfigError(f"labels.fuse: unknown method {method!r}; use one of {', '.join(FUSE_METHODS)}.")
     if not (0.0 < float(iou_thr) < 1.0):
         raise ConfigError(f"labels.iou_thr: {iou_thr!r} must lie strictly between 0 and 1 (the winners used 0.4).")
     if classes is None:
-        return list(range(NORMAL_ID))
+        return list(range(normal_id))
     keep = sorted({int(c) for c in classes})
-    bad = [c for c in keep if not 0 <= c < NORMAL_ID]
+    bad = [c for c in keep if not 0 <= c < normal_id]
     if bad or not keep:
-        raise ConfigError(f"labels.classes: {list(classes)!r} must be a non-empty list of finding ids 0..{NORMAL_ID - 1} "
+        raise ConfigError(f"labels.classes: {list(classes)!r} must be a non-empty list of finding ids 0..{normal_id - 1} "
                           "(or null for all findings).")
     return keep
 
@@ -171,7 +171,8 @@ def _fuse_nms_image(norm: np.ndarray, labels: np.ndarray, iou_thr: float) -> tup
 
 
 def fuse_annotations(annotations: pd.DataFrame, sizes: pd.DataFrame, method: str = "wbf", iou_thr: float = 0.4,
-                     classes: Iterable[int] | None = None, class_names: list[str] | None = None) -> pd.DataFrame:
+                     classes: Iterable[int] | None = None, class_names: list[str] | None = None,
+                     normal_id: int = NORMAL_ID) -> pd.DataFrame:
     """Merge the radiologists' boxes of each image and class into the fused truth (the ``boxes`` table).
 
     ``annotations``: ``image_id, class_id, class_name, rad_id, x_min, y_min, x_max, y_max`` in original
@@ -190,7 +191,7 @@ def fuse_annotations(annotations: pd.DataFrame, sizes: pd.DataFrame, method: str
     said "No finding", or it only has boxes of dropped classes) gets one class-14 row with an empty
     box, whose ``n_readers`` is the number of its "No finding" rows.
     """
-    keep = _check_args(method, iou_thr, classes)
+    keep = _check_args(method, iou_thr, classes, normal_id)
     need = ["image_id", "class_id", *BOX_COLUMNS]
     missing = [c for c in need if c not in annotations.columns]
     if missing:
@@ -244,8 +245,8 @@ def fuse_annotations(annotations: pd.DataFrame, sizes: pd.DataFrame, method: str
     has_box = np.zeros(len(image_order), dtype=bool)
     has_box[out["_code"].to_numpy(dtype="int64")] = True
     normal_codes = np.flatnonzero(~has_box)
-    n_normal_rows = pd.Series(cls == NORMAL_ID).groupby(ids.map(code_of).to_numpy()).sum()
-    normal = pd.DataFrame({"image_id": image_order[normal_codes], "class_id": NORMAL_ID, "rad_id": FUSED_RAD_ID,
+    n_normal_rows = pd.Series(cls == normal_id).groupby(ids.map(code_of).to_numpy()).sum()
+    normal = pd.DataFrame({"image_id": image_order[normal_codes], "class_id": normal_id, "rad_id": FUSED_RAD_ID,
                            **{c: np.nan for c in BOX_COLUMNS},
                            "n_readers": n_normal_rows.reindex(normal_codes).fillna(0).to_numpy(dtype="int64"),
                            "_code": normal_codes})
@@ -281,7 +282,7 @@ def _class_names_from(ann: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 # YOLO labels
 # --------------------------------------------------------------------------------------------------
-def yolo_label_lines(boxes: pd.DataFrame, sizes: pd.DataFrame) -> dict[str, str]:
+def yolo_label_lines(boxes: pd.DataFrame, sizes: pd.DataFrame, normal_id: int = NORMAL_ID) -> dict[str, str]:
     """The text of each image's YOLO label file, keyed by image_id (images without a finding box absent).
 
     Lines are ``class x_center y_center width height``, divided by the ORIGINAL image size, 6 decimals,
@@ -289,7 +290,7 @@ def yolo_label_lines(boxes: pd.DataFrame, sizes: pd.DataFrame) -> dict[str, str]
     """
     cls = boxes["class_id"].to_numpy(dtype="int64")
     xyxy = boxes[BOX_COLUMNS].to_numpy(dtype="float64")
-    ok = (cls != NORMAL_ID) & np.isfinite(xyxy).all(axis=1)
+    ok = (cls != normal_id) & np.isfinite(xyxy).all(axis=1)
     if not ok.any():
         return {}
     ids = boxes["image_id"].astype("str")[ok]
@@ -301,7 +302,7 @@ def yolo_label_lines(boxes: pd.DataFrame, sizes: pd.DataFrame) -> dict[str, str]
 
 
 def write_yolo_labels(boxes: pd.DataFrame, sizes: pd.DataFrame, label_path_for: Callable[[str], Path],
-                      image_ids: Iterable[str]) -> int:
+                      image_ids: Iterable[str], normal_id: int = NORMAL_ID) -> int:
     """Write one YOLO label file per id of ``image_ids`` at ``label_path_for(id)``, atomically; return the count.
 
     ``boxes`` is the fused table (original pixels); ``sizes`` has ``image_id, width, height`` (ORIGINAL
@@ -309,7 +310,7 @@ def write_yolo_labels(boxes: pd.DataFrame, sizes: pd.DataFrame, label_path_for: 
     file, which ultralytics reads as "background, nothing to find". A file already holding exactly the
     right text is left alone, so re-running is cheap and keeps timestamps.
     """
-    texts = yolo_label_lines(boxes, sizes)
+    texts = yolo_label_lines(boxes, sizes, normal_id)
     made: set[Path] = set()
     n = 0
     for image_id in image_ids:
@@ -345,15 +346,16 @@ def _write_small_atomic(path: Path, text: str) -> None:
         raise
 
 
-def dataset_yaml(names: list[str], path: Path | str) -> Path:
+def dataset_yaml(names: list[str], path: Path | str, normal: str = "No finding") -> Path:
     """Write the base ultralytics dataset YAML: ``nc`` and ``names`` as ``{id: name}``, atomically.
 
-    ``names`` are the finding classes in id order (0..13), so YOLO class indices equal ``class_id``.
+    ``names`` are the finding classes in id order (0..n-1), so YOLO class indices equal ``class_id``;
+    ``normal`` names the normal class (id n), which :func:`pipeline.classes.run_classes` reads back.
     ``path``/``train``/``val`` are left for each fold's own data YAML (written by train_det).
     """
     import yaml
 
-    body = {"nc": len(names), "names": {i: str(n) for i, n in enumerate(names)}}
+    body = {"nc": len(names), "names": {i: str(n) for i, n in enumerate(names)}, "normal": str(normal)}
     header = ("# ultralytics dataset classes (written by prepare); class index = class_id of boxes.csv.\n"
               "# Each fold's data.yaml adds path/train/val.\n")
     return write_text_atomic(Path(path), header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True))

@@ -263,3 +263,48 @@ def per_label_auc(y_true, y_score, names: Sequence[str]) -> dict[str, float]:
     defined = [v for v in out.values() if not np.isnan(v)]
     out["mean"] = float(np.mean(defined)) if defined else float("nan")
     return out
+
+
+def roc_points(y_true, y_score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ROC curve: false- and true-positive rates at every distinct score (descending), from (0, 0)
+    to (1, 1), and the score at each point (``inf`` for the first: nothing predicted positive).
+    The one ROC helper of the project: plots, Youden thresholds and reports all use it."""
+    y = np.asarray(y_true, float).ravel()
+    s = np.asarray(y_score, float).ravel()
+    order = np.argsort(-s, kind="stable")
+    y, s = y[order], s[order]
+    last = np.r_[s[1:] != s[:-1], True] if len(s) else np.zeros(0, bool)  # the end of each run of equal scores
+    tp = np.cumsum(y)[last]
+    fp = np.cumsum(1 - y)[last]
+    n_pos, n_neg = max(y.sum(), 1), max((1 - y).sum(), 1)
+    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos], np.r_[np.inf, s[last]]
+
+
+def youden_threshold(y_true, y_score) -> float:
+    """Threshold maximising Youden's J = TPR - FPR; 0.5 when only one class is present.
+
+    Youden's J weights sensitivity and specificity equally, so it does not depend on prevalence
+    (F1 would push the threshold towards the majority class on imbalanced labels).
+    """
+    y = np.asarray(y_true).astype(int).ravel()
+    if len(y) == 0 or y.min() == y.max():
+        return 0.5
+    fpr, tpr, thr = roc_points(y, y_score)
+    t = float(thr[int(np.argmax(tpr - fpr))])
+    return min(t, 1.0)  # the first point's threshold is +inf
+
+
+def metrics_at_threshold(y_true, y_score, threshold: float) -> dict:
+    """Accuracy, precision, recall (sensitivity), specificity, F1 of ``score >= threshold`` (0 where undefined)."""
+    y = np.asarray(y_true).astype(bool)
+    pred = np.asarray(y_score) >= threshold
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    tn = int((~pred & ~y).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    specificity = tn / (tn + fp) if tn + fp else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"threshold": float(threshold), "accuracy": (tp + tn) / max(len(y), 1), "precision": precision,
+            "recall": recall, "specificity": specificity, "f1": f1, "tp": tp, "fp": fp, "fn": fn, "tn": tn}

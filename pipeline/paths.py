@@ -14,7 +14,9 @@ A run directory::
     runs/<exp>/cls/<name>/fold<k>/           classifier checkpoints and logs
     runs/<exp>/predictions/*.csv             one long table per model/fold/split, original pixels
     runs/<exp>/metrics.json  report.html  plots/
-    runs/<exp>/.done/<stage>.json            marker of a finished stage (skipped next time unless forced)
+    runs/<exp>/det/<name>/fold<k>/train.json, predict.json   Work records (pipeline.work): what was read, what was written
+    runs/<exp>/.cache/hashes.sqlite          content-digest cache of input files (never decides, only saves reading)
+    runs/<exp>/slurm/                        run.sh slurm: config.yaml, <job>.sh, jobs.json, <job>_<id>[_<fold>].{out,err}
     submissions/<exp>.csv
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SPLITS = ("train", "test")
+IMAGE_SPLITS = ("train", "test")  # the splits of images.csv (predictions use oof | test)
 
 # Image ids become file names: letters, digits, '.', '_', '-'; no path separators, no '..'.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -54,9 +56,6 @@ class RunPaths:
     def config(self) -> Path:
         return self.run_dir / "config.yaml"
 
-    def done_marker(self, stage: str) -> Path:
-        return self.run_dir / ".done" / f"{stage}.json"
-
     # --- prepare -------------------------------------------------------------------------
     @property
     def annotations_csv(self) -> Path:
@@ -75,6 +74,11 @@ class RunPaths:
     @property
     def meta_csv(self) -> Path:
         return self.run_dir / "meta.csv"
+
+    @property
+    def meta_journal(self) -> Path:
+        """Rows of images converted by a batch that has not written meta.csv yet (resume after a kill)."""
+        return self.run_dir / ".meta-journal.jsonl"
 
     @property
     def failures_csv(self) -> Path:
@@ -99,19 +103,79 @@ class RunPaths:
     def folds_csv(self) -> Path:
         return self.run_dir / "folds.csv"
 
-    # --- models --------------------------------------------------------------------------
+    # --- detection eligibility (prepare) --------------------------------------------------
+    @property
+    def detection_csv(self) -> Path:
+        """image_id, split, role (truth | negative | excluded), reason: which images the detector trains
+        and is scored on (ChestX-ray14 images with findings but no box are excluded, for example)."""
+        return self.run_dir / "detection.csv"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Content-digest cache of input files (pipeline.fingerprint); safe to delete."""
+        return self.run_dir / ".cache"
+
+    # --- detectors ---------------------------------------------------------------------------
     def det_dir(self, name: str, fold: int) -> Path:
         return self.run_dir / "det" / name / f"fold{fold}"
 
-    def det_weights(self, name: str, fold: int) -> Path:
+    def det_train_list(self, name: str, fold: int) -> Path:
+        return self.det_dir(name, fold) / "train.txt"
+
+    def det_val_list(self, name: str, fold: int) -> Path:
+        return self.det_dir(name, fold) / "val.txt"
+
+    def det_data_yaml(self, name: str, fold: int) -> Path:
+        return self.det_dir(name, fold) / "data.yaml"
+
+    def det_train_record(self, name: str, fold: int) -> Path:
+        """The Work record of a fold's training (pipeline.work)."""
+        return self.det_dir(name, fold) / "train.json"
+
+    def det_predict_record(self, name: str, fold: int) -> Path:
+        return self.det_dir(name, fold) / "predict.json"
+
+    def det_last_weights(self, name: str, fold: int) -> Path:
+        return self.det_dir(name, fold) / "weights" / "last.pt"
+
+    def det_best_weights(self, name: str, fold: int) -> Path:
+        """ultralytics' best.pt: chosen on the fold's own validation images (det.select=best_on_fold_optimistic)."""
         return self.det_dir(name, fold) / "weights" / "best.pt"
 
+    def det_weights(self, name: str, fold: int, select: str = "last") -> Path:
+        """The weights a fold predicts with: last.pt by default (nothing chosen by looking at the fold)."""
+        return self.det_last_weights(name, fold) if select == "last" else self.det_best_weights(name, fold)
+
+    def det_results_csv(self, name: str, fold: int) -> Path:
+        return self.det_dir(name, fold) / "results.csv"
+
+    # --- classifiers ---------------------------------------------------------------------------
     def cls_root(self, name: str) -> Path:
         """A classifier's folder: fold<k>/ plus its run-level metrics, ROC and Grad-CAM outputs."""
         return self.run_dir / "cls" / name
 
     def cls_dir(self, name: str, fold: int) -> Path:
         return self.cls_root(name) / f"fold{fold}"
+
+    def cls_weights(self, name: str, fold: int) -> Path:
+        return self.cls_dir(name, fold) / "best.pt"
+
+    def cls_log(self, name: str, fold: int) -> Path:
+        return self.cls_dir(name, fold) / "log.csv"
+
+    def cls_train_record(self, name: str, fold: int) -> Path:
+        return self.cls_dir(name, fold) / "train.json"
+
+    def cls_predict_record(self, name: str, fold: int) -> Path:
+        return self.cls_dir(name, fold) / "predict.json"
+
+    def cls_fold_predictions(self, name: str, fold: int, split: str) -> Path:
+        """A fold's own probabilities (``split`` oof | test) before the folds are combined."""
+        return self.cls_dir(name, fold) / f"{split}.csv"
+
+    def cls_skipped(self, name: str) -> Path:
+        """Images the classifier left out, and why."""
+        return self.cls_root(name) / "skipped.csv"
 
     def cls_metrics(self, name: str) -> Path:
         return self.cls_root(name) / "metrics.json"
@@ -120,13 +184,55 @@ class RunPaths:
         return self.cls_root(name) / "roc.png"
 
     def cls_gradcam(self, name: str, image_id: str) -> Path:
-        return self.cls_root(name) / "gradcam" / f"{image_id}.png"
+        return self.cls_gradcam_dir(name) / f"{image_id}.png"
+
+    def cls_gradcam_dir(self, name: str) -> Path:
+        return self.cls_root(name) / "gradcam"
 
     def cls_cam_boxes(self, name: str) -> Path:
         return self.cls_root(name) / "cam_boxes.csv"
 
-    def cls_weights(self, name: str, fold: int) -> Path:
-        return self.cls_dir(name, fold) / "best.pt"
+    # --- lung segmentation (segment stage; pipeline.lungs) ------------------------------------
+    @property
+    def segment_dir(self) -> Path:
+        """The lung model's folder: model.pt, last.pt, log.csv, metrics.json, per_image.csv, robustness.csv,
+        skipped.csv, train.json / eval.json (Work records), masks/, overlays/."""
+        return self.run_dir / "segment"
+
+    def segment_file(self, name: str) -> Path:
+        """A file of the segment folder by name (see :attr:`segment_dir`)."""
+        return self.segment_dir / name
+
+    @property
+    def segment_model(self) -> Path:
+        return self.segment_file("model.pt")
+
+    def segment_mask(self, image_id: str) -> Path:
+        """A predicted lung mask of the evaluated split, PNG in the image's ORIGINAL pixels (255 = lung)."""
+        return self.segment_dir / "masks" / f"{image_id}.png"
+
+    def segment_overlay(self, image_id: str) -> Path:
+        return self.segment_dir / "overlays" / f"{image_id}.png"
+
+    # --- the input gate (screen stage; pipeline.gate) ---------------------------------------
+    @property
+    def screen_dir(self) -> Path:
+        """The gate model's folder: model.pt, metrics.json, confusion.png, heldout.csv, dataset.csv, log.csv."""
+        return self.run_dir / "screen"
+
+    def screen_file(self, name: str) -> Path:
+        """A file of the gate's folder by name: ``model.pt``, ``metrics.json``, ``confusion.png``,
+        ``heldout.csv`` (screen.csv columns, held-out pictures), ``dataset.csv``, ``log.csv``, ``train.json``."""
+        return self.screen_dir / name
+
+    @property
+    def screen_model(self) -> Path:
+        return self.screen_file("model.pt")
+
+    @property
+    def screen_csv(self) -> Path:
+        """The gate's decisions on this run's own input images (prepare with screen.enabled, infer)."""
+        return self.run_dir / "screen.csv"
 
     # --- predictions ---------------------------------------------------------------------
     @property
@@ -137,9 +243,9 @@ class RunPaths:
         """``split`` is 'oof' (the fold's validation images) or 'test'."""
         return self.predictions_dir / f"det_{name}_fold{fold}_{split}.csv"
 
-    def det_failures(self, name: str) -> Path:
-        """Images a detector could not predict (missing or unreadable PNG, no meta row)."""
-        return self.predictions_dir / f"det_{name}_failures.csv"
+    def det_failures(self, name: str, fold: int) -> Path:
+        """Images a fold's detector could not predict (missing or unreadable PNG, no meta row)."""
+        return self.predictions_dir / f"det_{name}_fold{fold}_failures.csv"
 
     def cls_predictions(self, name: str, split: str) -> Path:
         return self.predictions_dir / f"cls_{name}_{split}.csv"
@@ -150,6 +256,11 @@ class RunPaths:
     def filtered_predictions(self, split: str) -> Path:
         return self.predictions_dir / f"final_{split}.csv"
 
+    @property
+    def fuse_summary(self) -> Path:
+        """What fuse did (sources fused, filter coverage), read by evaluate and the report."""
+        return self.run_dir / "fuse.json"
+
     # --- evaluate / submit -----------------------------------------------------------------
     @property
     def metrics_json(self) -> Path:
@@ -159,6 +270,10 @@ class RunPaths:
     def plots_dir(self) -> Path:
         return self.run_dir / "plots"
 
+    def plot(self, name: str) -> Path:
+        """A figure of the report (``name`` without extension)."""
+        return self.plots_dir / f"{name}.png"
+
     @property
     def report(self) -> Path:
         return self.run_dir / "report.html"
@@ -166,3 +281,26 @@ class RunPaths:
     @property
     def submission(self) -> Path:
         return self.submissions_dir / f"{self.name}.csv"
+
+    # --- SLURM job graph (run.sh slurm; pipeline.slurm) -------------------------------------
+    @property
+    def slurm_dir(self) -> Path:
+        return self.run_dir / "slurm"
+
+    @property
+    def slurm_config(self) -> Path:
+        """The config resolved at submission, which every job of the graph reads."""
+        return self.slurm_dir / "config.yaml"
+
+    @property
+    def slurm_jobs(self) -> Path:
+        """The last submission's job ids (JSON)."""
+        return self.slurm_dir / "jobs.json"
+
+    def slurm_script(self, job: str) -> Path:
+        return self.slurm_dir / f"{job}.sh"
+
+    def slurm_log(self, job: str, stream: str, array: bool = True) -> Path:
+        """sbatch --output (stream 'out') / --error ('err') pattern: ``<job>_%A_%a.<stream>`` for an
+        array (%A job id, %a task id = fold), ``<job>_%j.<stream>`` for a single job."""
+        return self.slurm_dir / (f"{job}_%A_%a.{stream}" if array else f"{job}_%j.{stream}")

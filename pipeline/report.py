@@ -17,6 +17,7 @@ import pandas as pd
 
 from pipeline.classes import NORMAL_ID
 from pipeline.io import write_text_atomic, write_with
+from pipeline.metrics import roc_points
 
 
 def _plt():
@@ -115,15 +116,15 @@ def plot_label_distribution(dist: pd.DataFrame, class_names: Sequence[str], path
 
 
 def normal_confusion(truth: pd.DataFrame, preds: pd.DataFrame, image_ids: Sequence[str],
-                     threshold: float = 0.5) -> np.ndarray:
+                     normal_id: int = NORMAL_ID, threshold: float = 0.5) -> np.ndarray:
     """2x2 counts [[normal->normal, normal->abnormal], [abnormal->normal, abnormal->abnormal]] (rows = truth).
 
     Truth: an image is abnormal when it has a finding row. Prediction: normal when its class-14 score
     (p(normal)) is at least ``threshold``; an image without a class-14 box is predicted abnormal.
     """
     ids = pd.Index(pd.unique(pd.Series(list(image_ids), dtype="str")))
-    abnormal_truth = ids.isin(set(truth.loc[truth["class_id"] != NORMAL_ID, "image_id"].astype("str")))
-    p_normal = preds.loc[preds["class_id"] == NORMAL_ID].groupby("image_id")["score"].max()
+    abnormal_truth = ids.isin(set(truth.loc[truth["class_id"] != normal_id, "image_id"].astype("str")))
+    p_normal = preds.loc[preds["class_id"] == normal_id].groupby("image_id")["score"].max()
     pred_normal = p_normal.reindex(ids).fillna(0.0).to_numpy() >= threshold
     m = np.zeros((2, 2), dtype=int)
     for t, p in ((0, 0), (0, 1), (1, 0), (1, 1)):
@@ -149,25 +150,12 @@ def plot_confusion(matrix: np.ndarray, path: Path, title: str = "Image level: no
     return _save(fig, path)
 
 
-def roc_points(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates at every distinct score threshold (descending), from (0,0) to (1,1)."""
-    y = np.asarray(y_true, float)
-    s = np.asarray(y_score, float)
-    order = np.argsort(-s, kind="stable")
-    y, s = y[order], s[order]
-    last = np.r_[s[1:] != s[:-1], True]  # the end of each run of equal scores
-    tp = np.cumsum(y)[last]
-    fp = np.cumsum(1 - y)[last]
-    n_pos, n_neg = max(y.sum(), 1), max((1 - y).sum(), 1)
-    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos]
-
-
 def plot_roc(curves: Mapping[str, tuple], path: Path, title: str = "Classifier ROC (out-of-fold)") -> Path:
     """``curves``: label -> (y_true, y_score, auc)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 4.2))
     for label, (y, s, auc) in curves.items():
-        fpr, tpr = roc_points(y, s)
+        fpr, tpr, _ = roc_points(y, s)
         ax.plot(fpr, tpr, lw=1.2, label=f"{label} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.6)
     ax.set_xlabel("false-positive rate")
@@ -187,14 +175,24 @@ th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}img{max-widt
 
 
 def table_html(df: pd.DataFrame, floats: str = "{:.4f}") -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return "" if math.isnan(v) else floats.format(v)
+    """An HTML table; a column whose values are all whole numbers (counts) prints them as integers."""
+    whole = {}
+    for c in df.columns:
+        vals = pd.to_numeric(df[c], errors="coerce").dropna()
+        raw = df[c].dropna()
+        whole[c] = len(vals) == len(raw) and len(vals) > 0 and bool((vals == vals.round()).all()) and \
+            not any(isinstance(v, float) and not float(v).is_integer() for v in raw)
+
+    def cell(v, col):
+        if isinstance(v, (float, np.floating)):
+            if math.isnan(v):
+                return ""
+            return str(int(v)) if whole[col] else floats.format(v)
         return html.escape(str(v))
 
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [df.index.name or "", *df.columns])
-    rows = "".join("<tr>" + f"<td>{html.escape(str(i))}</td>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>"
-                   for i, r in zip(df.index, df.itertuples(index=False)))
+    rows = "".join("<tr>" + f"<td>{html.escape(str(i))}</td>" + "".join(f"<td>{cell(v, c)}</td>" for v, c in zip(r, df.columns))
+                   + "</tr>" for i, r in zip(df.index, df.itertuples(index=False)))
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 

@@ -266,11 +266,11 @@ def _check_detections(det: pd.DataFrame) -> None:
     _raise_problems(problems, "to_submission")
 
 
-def to_submission(detections: pd.DataFrame, image_ids: Sequence[str]) -> pd.DataFrame:
+def to_submission(detections: pd.DataFrame, image_ids: Sequence[str], normal_id: int = NORMAL_ID) -> pd.DataFrame:
     """Long detections table -> ``image_id, PredictionString`` with every id of ``image_ids`` once, in order.
 
     Within an image, predictions are written by score, highest first (equal scores keep row order).
-    An image without detections gets ``"14 1 0 0 1 1"``. Raises DataError when ``image_ids`` has
+    An image without detections gets ``"<normal_id> 1 0 0 1 1"`` (``"14 1 0 0 1 1"`` for VinBigData). Raises DataError when ``image_ids`` has
     duplicates, ``detections`` holds images that are not in ``image_ids``, or a detection would not
     parse back (class outside 0..14, non-finite value, x_max < x_min or y_max < y_min).
     Formats about 100,000 detections per second (one string per row, joined per image by position).
@@ -294,7 +294,8 @@ def to_submission(detections: pd.DataFrame, image_ids: Sequence[str]) -> pd.Data
     order = order[np.argsort(codes[order], kind="stable")]
     tokens = [_row_string(row) for row in values[order].tolist()]
     bounds = np.searchsorted(codes[order], np.arange(len(ids) + 1)).tolist()
-    strings = [" ".join(tokens[bounds[k]:bounds[k + 1]]) or NORMAL_PREDICTION for k in range(len(ids))]
+    normal = f"{int(normal_id)} 1 0 0 1 1"
+    strings = [" ".join(tokens[bounds[k]:bounds[k + 1]]) or normal for k in range(len(ids))]
     return pd.DataFrame({"image_id": pd.Series(list(ids), dtype=str),
                          "PredictionString": pd.Series(strings, dtype=str)})
 

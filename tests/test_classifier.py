@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pipeline import classifier as C
+from pipeline.classifier import train as T
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.paths import RunPaths
@@ -54,6 +55,13 @@ def make_run(root, n_train=24, n_test=6, seed=0, fmt="vinbigdata", test_labels=F
                 folds.append({"image_id": iid, "fold": (i // 2) % 2})  # both classes in both folds
     pd.DataFrame(rows).to_csv(paths.images_csv, index=False)
     pd.DataFrame(folds).to_csv(paths.folds_csv, index=False)
+    from pipeline.classes import format_classes
+    from pipeline.labels import dataset_yaml
+
+    classes = format_classes(fmt)
+    dataset_yaml(classes.findings, paths.dataset_yaml, classes.normal_name)
+    pd.DataFrame({"image_id": [r["image_id"] for r in rows], "split": [r["split"] for r in rows], "height": 192,
+                  "width": 256, "fingerprint": [f"fp-{r['image_id']}" for r in rows]}).to_csv(paths.meta_csv, index=False)
     return paths
 
 
@@ -106,15 +114,39 @@ def test_warmup_cosine_schedule():
 
 
 def test_youden_threshold_and_metrics():
+    from pipeline.metrics import metrics_at_threshold, roc_points, youden_threshold
+    from sklearn.metrics import roc_curve
+
     y = np.array([0, 0, 0, 1, 1, 1])
     # J = TPR - FPR: 1 - 0 at 0.4 (every positive above, every negative below); 2/3 at 0.8; 1 - 1/3 at 0.3
-    assert C.youden_threshold(y, np.array([0.1, 0.2, 0.3, 0.4, 0.8, 0.9])) == pytest.approx(0.4)
-    assert C.youden_threshold(np.zeros(3), np.array([0.1, 0.2, 0.3])) == 0.5  # one class: undefined
+    assert youden_threshold(y, np.array([0.1, 0.2, 0.3, 0.4, 0.8, 0.9])) == pytest.approx(0.4)
+    assert youden_threshold(np.zeros(3), np.array([0.1, 0.2, 0.3])) == 0.5  # one class: undefined
     s = np.array([0.1, 0.2, 0.6, 0.4, 0.8, 0.9])
-    m = C.metrics_at_threshold(y, s, 0.4)
+    m = metrics_at_threshold(y, s, 0.4)
     assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (3, 1, 0, 2)
     assert m["precision"] == pytest.approx(0.75) and m["recall"] == 1.0
     assert m["f1"] == pytest.approx(2 * 0.75 / 1.75) and m["accuracy"] == pytest.approx(5 / 6)
+    assert m["specificity"] == pytest.approx(2 / 3)
+    # the one ROC helper agrees with scikit-learn's curve (ties included)
+    s2 = np.array([0.1, 0.4, 0.4, 0.4, 0.8, 0.9])
+    fpr, tpr, thr = roc_points(y, s2)
+    f2, t2, th2 = roc_curve(y, s2, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, f2)
+    np.testing.assert_allclose(tpr, t2)
+    np.testing.assert_allclose(thr[1:], th2[1:])
+
+
+def test_nested_youden_thresholds_come_from_the_other_folds():
+    from pipeline.classifier.scoring import nested_thresholds, score_probabilities
+
+    y = np.array([[0], [1], [0], [1], [0], [1]], float)
+    p = np.array([[0.1], [0.9], [0.3], [0.5], [0.6], [0.7]])
+    folds = np.array([0, 0, 1, 1, 2, 2])
+    t = nested_thresholds(y, p, folds)
+    # fold 0's threshold from folds 1 and 2 only: (0.3, 0), (0.5, 1), (0.6, 0), (0.7, 1) -> J is best at 0.7
+    assert t[0, 0] == pytest.approx(0.7) and t[1, 0] == pytest.approx(0.7)
+    res = score_probabilities(y, p, ["abnormal"], folds=folds)
+    assert "nested" in res["at_threshold"]["abnormal"]["threshold_rule"]
 
 
 def test_mean_auc_agrees_with_sklearn():
@@ -225,7 +257,7 @@ def test_nan_loss_from_the_start_is_a_clear_error(tmp_path, monkeypatch):
             model.net.classifier.bias.fill_(float("nan"))
         return model
 
-    monkeypatch.setattr(C, "build_model", nan_model)
+    monkeypatch.setattr(T, "build_model", nan_model)
     s = C.TrainSettings(imgsz=32, epochs=2, batch=8, lr=0.05, warmup_epochs=0, device="cpu", workers=0,
                         augment=_NO_AUG)
     with pytest.raises(PipelineError, match=r"training diverged in epoch 1 .*Lower cls\.lr \(now 0\.05, e\.g\. to 0\.005\)"):
@@ -245,7 +277,7 @@ def test_divergence_after_a_good_epoch_keeps_that_checkpoint(tmp_path, monkeypat
         p = real_predict(*a, **k)
         return p if len(calls) == 1 else np.full_like(p, np.nan)
 
-    monkeypatch.setattr(C, "predict_probs", nan_after_first)
+    monkeypatch.setattr(T, "predict_probs", nan_after_first)
     s = C.TrainSettings(imgsz=32, epochs=3, batch=8, lr=1e-3, warmup_epochs=0, device="cpu", workers=0,
                         augment=_NO_AUG)
     res = C.train_model(train_ds, val_ds, s, tmp_path / "fold", log=lambda m: None,
@@ -306,8 +338,7 @@ def test_one_fold_per_job_combines_every_finished_fold(tmp_path, monkeypatch, ca
     w0_mtime = w0.stat().st_mtime_ns
 
     summary = run_stage("train_cls", tiny_cfg(tmp_path, **{"cls.folds": [1]}))
-    assert not summary["skipped"]
-    assert "combined folds [0, 1]" in capsys.readouterr().out
+    assert not summary["skipped"] and summary["cls_folds"] == [0, 1] and "warnings" not in summary
     assert w0.stat().st_mtime_ns == w0_mtime  # job 2 did not touch fold 0
     oof = pd.read_csv(paths.cls_predictions("densenet121", "oof"), dtype={"image_id": str})
     assert sorted(oof["image_id"]) == [f"train{i:03d}" for i in range(16)]
@@ -326,15 +357,16 @@ def test_one_fold_per_job_combines_every_finished_fold(tmp_path, monkeypatch, ca
     def no_training(*a, **k):
         raise AssertionError("a fold was retrained")
 
-    monkeypatch.setattr(C, "train_model", no_training)
+    monkeypatch.setattr(C, "train_model", no_training)  # the stage calls it through the package
     train_cls.run(tiny_cfg(tmp_path, **{"cls.gradcam_n": 1, "cls.cam_threshold": 0.3}), paths)
     test_again = pd.read_csv(paths.cls_predictions("densenet121", "test"), dtype={"image_id": str})
     np.testing.assert_allclose(test_again["p_abnormal"], test["p_abnormal"])
-    train_cls.run(tiny_cfg(tmp_path, **{"cls.folds": [1], "cls.tta_flip": False}), paths)
+    capsys.readouterr()
+    summary = train_cls.run(tiny_cfg(tmp_path, **{"cls.folds": [1], "cls.tta_flip": False}), paths)
     out = capsys.readouterr().out
-    assert "fold 1: trained earlier with the same settings; predicting again" in out
-    # fold 0 still holds tta_flip=true predictions: not mixed in
-    assert "combined folds [1]" in out and "[0]" in out
+    assert "fold 1: trained earlier with the same inputs: skipped" in out  # predicted again, not retrained
+    # fold 0 still holds tta_flip=true predictions: not mixed in, and the warning names it
+    assert summary["cls_folds"] == [1] and "fold(s) [0]" in out and "[0]" in summary["warnings"][0]
     assert w0.stat().st_mtime_ns == w0_mtime
     oof_noflip = pd.read_csv(paths.cls_predictions("densenet121", "oof"), dtype={"image_id": str})
     assert set(oof_noflip["fold"]) == {1} and len(oof_noflip) == 8
@@ -393,6 +425,33 @@ def test_stage_reports_missing_pngs_and_bad_folds(tmp_path):
         train_cls.run(tiny_cfg(tmp_path), paths)
 
 
+def test_epoch_is_never_chosen_on_the_reported_fold(tmp_path):
+    """cls.select=inner: the epoch-choosing images are a patient-grouped part of the TRAINING folds; the
+    optimistic option (named so) uses the reported fold itself; last uses none."""
+    from pipeline.stages.train_cls import _Folds, _tables
+
+    paths = make_run(tmp_path, n_train=40, n_test=0)
+    for select, expect in (("inner", "inner"), ("last", None), ("best_on_fold_optimistic", "fold")):
+        cfg = tiny_cfg(tmp_path, **{"cls.select": select})
+        train, test, targets, known, fps, _ = _tables(cfg, paths)
+        f = _Folds(cfg, paths, train, test, targets, fps, 1)
+        for k in (0, 1):
+            fit, sel, oof = f.rows(k)
+            assert not (fit & oof).any() and (fit | oof).sum() <= len(train)
+            if expect is None:
+                assert sel is None and (fit | oof).all()
+            elif expect == "fold":
+                assert (sel == oof).all()
+            else:
+                assert sel.any() and not (sel & oof).any() and not (sel & fit).any()
+                pats = set(train.loc[sel, "patient_id"])
+                assert not pats & set(train.loc[fit, "patient_id"])  # grouped by patient
+    with pytest.raises(ConfigError, match="cls.select"):
+        from pipeline.classifier.targets import check_cls_config
+
+        check_cls_config(tiny_cfg(tmp_path, **{"cls.select": "best"}))
+
+
 @pytest.mark.slow
 def test_stage_learns_the_blob_task(tmp_path):
     """A real (small) training: 64 images, 64 px, 6 epochs, one fold; the blob must be found."""
@@ -407,7 +466,7 @@ def test_stage_learns_the_blob_task(tmp_path):
 
 def test_targets_from_labels_and_fused_boxes(tmp_path):
     from pipeline.errors import DataError
-    from pipeline.stages.train_cls import build_targets
+    from pipeline.classifier.targets import build_targets
 
     images = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "labels": ["0|3", "14", "", "13"]})
     t, known = build_targets(images, tiny_cfg(tmp_path), None, tmp_path / "images.csv")

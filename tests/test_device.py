@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from pipeline.classifier import resolve_device as torch_device
-from pipeline.detector import resolve_device as ultralytics_device
-from pipeline.device import parse_device, require_gpus
+from pipeline.classifier import torch_device
+from pipeline.detector import resolve_detector_device as ultralytics_device
+from pipeline.device import parse_device, require_gpus, resolve_threads, use_threads
 from pipeline.errors import ConfigError
 
 
@@ -37,3 +37,26 @@ def test_gpu_requested_without_cuda_is_a_clear_error():
         require_gpus([0], "0")
     with pytest.raises(ConfigError, match="CUDA is not available"):
         torch_device("0")
+
+
+def test_threads_default_is_every_core_and_survive_ultralytics_device_selection():
+    import os
+
+    assert resolve_threads(0) == len(os.sched_getaffinity(0))
+    assert resolve_threads(3) == 3
+    with pytest.raises(ConfigError, match="run.threads"):
+        resolve_threads(-1)
+    before = torch.get_num_threads()
+    try:
+        from pipeline.detector import import_ultralytics
+
+        import_ultralytics(threads=2)
+        from ultralytics.utils.torch_utils import select_device
+
+        select_device("cpu", verbose=False)  # ultralytics resets torch's threads here
+        assert torch.get_num_threads() == 2
+        use_threads(1)
+        select_device("cpu", verbose=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

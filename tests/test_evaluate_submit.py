@@ -40,6 +40,13 @@ def _truth_rows(rows, rad):
     return pd.DataFrame(out)
 
 
+def mark_predicted(paths, name: str, fold: int) -> None:
+    """The done record the predict stage leaves beside a fold's prediction files."""
+    from pipeline.work import Work
+
+    Work("predict", paths.det_predict_record(name, fold), {}).finish()
+
+
 def build_run(tmp_path: Path, with_cls: bool = True, images: bool = False, **overrides):
     """A run directory as prepare/folds/predict/train_cls leave it, plus data.root with the Kaggle CSVs.
 
@@ -47,7 +54,8 @@ def build_run(tmp_path: Path, with_cls: bool = True, images: bool = False, **ove
     data = tmp_path / "data"
     data.mkdir(parents=True, exist_ok=True)
     cfg = load_config(None, {"run.root": str(tmp_path / "runs"), "run.name": "hand", "run.workers": 1,
-                             "data.root": str(data), "folds.n_splits": 2, **overrides})
+                             "data.root": str(data), "folds.n_splits": 2, "det.name": "yolo",
+                             "det.folds": [0, 1], **overrides})
     paths = RunPaths(run_dir=tmp_path / "runs" / "hand", submissions_dir=tmp_path / "submissions")
     paths.predictions_dir.mkdir(parents=True, exist_ok=True)
     ids = TRAIN + TEST
@@ -56,11 +64,19 @@ def build_run(tmp_path: Path, with_cls: bool = True, images: bool = False, **ove
     pd.DataFrame({"image_id": ids, "split": split, "patient_id": "", "width": W, "height": H,
                   "labels": [labels.get(i, "") for i in ids], "source": [f"/x/{i}.dicom" for i in ids]}
                  ).to_csv(paths.images_csv, index=False)
-    pd.DataFrame({"image_id": ids, "split": split, "height": H, "width": W, "out_height": 160, "out_width": 200}
-                 ).to_csv(paths.meta_csv, index=False)
+    pd.DataFrame({"image_id": ids, "split": split, "height": H, "width": W, "out_height": 160, "out_width": 200,
+                  "fingerprint": [f"fp{i}" for i in ids]}).to_csv(paths.meta_csv, index=False)
+    from pipeline.roles import detection_roles
+
+    images_table = pd.read_csv(paths.images_csv, dtype=str, keep_default_na=False)
     boxes = _truth_rows(TRUTH, "fused")
     boxes["n_readers"] = 3
     boxes.to_csv(paths.boxes_csv, index=False)
+    from pipeline.classes import VINBIGDATA
+    from pipeline.labels import dataset_yaml
+
+    dataset_yaml(VINBIGDATA[:14], paths.dataset_yaml, VINBIGDATA[14])
+    detection_roles(images_table, boxes, 14, list(range(14))).to_csv(paths.detection_csv, index=False)
     pd.DataFrame({"image_id": TRAIN, "fold": [0, 0, 0, 1, 1, 1]}).to_csv(paths.folds_csv, index=False)
     oof = pd.DataFrame(OOF, columns=NAMES)
     fold_of = {i: (0 if i in TRAIN[:3] else 1) for i in TRAIN}
@@ -71,6 +87,7 @@ def build_run(tmp_path: Path, with_cls: bool = True, images: bool = False, **ove
         test = pd.DataFrame(TEST_DETS, columns=NAMES)
         pd.concat([test.assign(tta="orig"), test.assign(tta="hflip")]).to_csv(
             paths.det_predictions("yolo", k, "test"), index=False)
+        mark_predicted(paths, "yolo", k)
     if with_cls:
         pd.DataFrame({"image_id": list(P_OOF), "fold": [fold_of[i] for i in P_OOF], "p_abnormal": list(P_OOF.values())}
                      ).to_csv(paths.cls_predictions(cfg.cls.name, "oof"), index=False)
@@ -95,8 +112,9 @@ def build_run(tmp_path: Path, with_cls: bool = True, images: bool = False, **ove
 
 def test_fuse_evaluate_submit_with_the_filter(tmp_path):
     cfg, paths = build_run(tmp_path)
-    fsum = fuse.run(cfg, paths)
-    assert fsum["filter_applied"] is True
+    fuse.run(cfg, paths)
+    info = json.loads(paths.fuse_summary.read_text())
+    assert info["filter_oof"]["n_filtered"] == 6 and info["filter_test"]["n_filtered"] == 3
     final = pd.read_csv(paths.filtered_predictions("oof"))
     # t0 (p=0.01 < low): only "14 1 0 0 1 1"; t2 (mid): its box + 14 at 1-0.5; t1 (p >= high): as is
     t0 = final[final["image_id"] == "t0"]
@@ -123,7 +141,9 @@ def test_fuse_evaluate_submit_with_the_filter(tmp_path):
     assert esum["baseline_map"] == pytest.approx(2 / 3 / 4)
     assert esum["cls_auc"] == pytest.approx(1.0)
     assert esum["test_map"] == pytest.approx(1.0)
-    assert m["filter"]["applied"] is True
+    assert m["filter"]["oof"]["n_filtered"] == 6 and m["out_of_fold_rule"]["honest"]
+    assert "2-class filter on 6 of 6" in esum["headline"]
+    assert m["fusion"]["sources"]["oof"] == ["yolo all folds orig", "yolo all folds hflip"]
     for name in ("per_class_ap", "precision_recall", "label_distribution", "normal_confusion", "classifier_roc"):
         assert (paths.plots_dir / f"{name}.png").stat().st_size > 1000
     page = paths.report.read_text()
@@ -142,21 +162,62 @@ def test_fuse_evaluate_submit_with_the_filter(tmp_path):
 
 def test_without_classifier_final_is_fused_plus_detector_normal(tmp_path):
     cfg, paths = build_run(tmp_path, with_cls=False)
-    fsum = fuse.run(cfg, paths)
-    assert fsum["filter_applied"] is False
+    fuse.run(cfg, paths)
+    assert json.loads(paths.fuse_summary.read_text())["filter_oof"]["n_filtered"] == 0
     final = pd.read_csv(paths.filtered_predictions("oof"))
     p14 = final[final["class_id"] == 14].set_index("image_id")["score"]
     assert p14.to_dict() == pytest.approx({"t0": 0.05, "t1": 0.1, "t2": 0.2, "t3": 1.0, "t4": 0.3, "t5": 1.0})
     esum = evaluate.run(cfg, paths)
     assert esum["oof_map"] == pytest.approx(esum["oof_map_no_filter"]) == pytest.approx(0.875)
-    assert "cls_auc" not in esum
+    assert "cls_auc" not in esum and "not applied" in esum["headline"]
 
 
-def test_tuned_filter_is_recorded(tmp_path):
-    cfg, paths = build_run(tmp_path, **{"filter.tune": True})
+def test_filter_on_some_folds_only_is_said_in_the_headline_and_warnings(tmp_path):
+    cfg, paths = build_run(tmp_path)
+    oof = pd.read_csv(paths.cls_predictions(cfg.cls.name, "oof"), dtype={"image_id": str})
+    oof[oof["fold"] == 0].to_csv(paths.cls_predictions(cfg.cls.name, "oof"), index=False)  # fold 1 lacks p
     fsum = fuse.run(cfg, paths)
-    assert fsum["filter_tuned_map"] == pytest.approx(1.0)
-    assert fsum["filter_low"] > 0.01  # must drop t0's false positive
+    assert "folds [1]" in " ".join(fsum["warnings"])
+    esum = evaluate.run(cfg, paths)
+    assert "on 3 of 6 out-of-fold images" in esum["headline"]
+    assert json.loads(paths.metrics_json.read_text())["filter"]["oof"]["folds_without_classifier"] == [1]
+
+
+def test_tuned_filter_is_nested_by_default_and_optimistic_only_by_name(tmp_path):
+    cfg, paths = build_run(tmp_path, **{"filter.tune": "nested"})
+    fuse.run(cfg, paths)
+    info = json.loads(paths.fuse_summary.read_text())
+    per_fold = info["filter_oof"]["per_fold_thresholds"]
+    assert set(per_fold) == {"0", "1"} and "nested" in info["filter_oof"]["thresholds"]
+    # test images use the pair chosen on every out-of-fold image: low must drop t0's false positive
+    assert info["filter_test"]["low"] > 0.01
+    # fold 0's pair is chosen on fold 1 (t3, t4, t5), where no low threshold matters, so it is not fitted to
+    # t0's false positive the way the optimistic pair is
+    cfg2, paths2 = build_run(tmp_path / "b", **{"filter.tune": "on_oof_optimistic"})
+    fuse.run(cfg2, paths2)
+    info2 = json.loads(paths2.fuse_summary.read_text())
+    assert "optimistic" in info2["filter_oof"]["thresholds"] and info2["filter_oof"]["low"] > 0.01
+    assert not evaluate.oof_rule(cfg2)["honest"] and evaluate.oof_rule(cfg)["honest"]
+    with pytest.raises(Exception, match="filter.tune"):
+        fuse.run(load_config(None, {**_flat(cfg), "filter.tune": "yes"}), paths)
+
+
+def _flat(cfg):
+    return {"run.root": cfg.run.root, "run.name": cfg.run.name, "data.root": cfg.data.root, "det.name": "yolo",
+            "det.folds": [0, 1], "folds.n_splits": 2}
+
+
+def test_zero_detections_still_give_a_scored_valid_submission(tmp_path):
+    cfg, paths = build_run(tmp_path, with_cls=False)
+    for k in (0, 1):
+        for split in ("oof", "test"):
+            pd.DataFrame(columns=NAMES + ["tta"]).to_csv(paths.det_predictions("yolo", k, split), index=False)
+    fsum = fuse.run(cfg, paths)
+    assert any("no box" in w for w in fsum["warnings"])
+    esum = evaluate.run(cfg, paths)
+    assert esum["oof_map"] == pytest.approx(esum["baseline_map"])  # only the normal boxes, all scored 1
+    sub = pd.read_csv(submit.run(cfg, paths)["submission"])
+    assert sub["PredictionString"].tolist() == ["14 1 0 0 1 1"] * 3
 
 
 def test_submit_rejects_predictions_for_unknown_ids_and_validator_catches_a_missing_id(tmp_path):
@@ -190,6 +251,10 @@ def test_submission_for_the_real_test_ids_validates_against_the_real_sample(tmp_
                              "submit.sample_submission": str(vin / "sample_submission.csv")})
     paths = RunPaths(run_dir=tmp_path / "real", submissions_dir=tmp_path / "submissions")
     paths.predictions_dir.mkdir(parents=True)
+    from pipeline.classes import VINBIGDATA
+    from pipeline.labels import dataset_yaml
+
+    dataset_yaml(VINBIGDATA[:14], paths.dataset_yaml, VINBIGDATA[14])
     pd.DataFrame({"image_id": meta["image_id"], "split": "test", "patient_id": "", "width": meta["dim1"],
                   "height": meta["dim0"], "labels": "", "source": ""}).to_csv(paths.images_csv, index=False)
     # synthetic final predictions on half the images: a box inside each image, and a normal box
@@ -240,10 +305,16 @@ def test_evaluate_without_any_predictions_says_what_to_run(tmp_path):
         evaluate.run(cfg, paths)
 
 
-def test_fuse_ignores_prediction_files_of_folds_outside_det_folds(tmp_path, capsys):
-    # files of folds 0 and 1 are on disk (an earlier config); this config trains only fold 0
-    cfg, paths = build_run(tmp_path, **{"det.name": "yolo", "det.folds": [0]})
+def test_fuse_takes_exactly_the_configured_models_and_folds(tmp_path):
+    # files of folds 0 and 1 are on disk (an earlier config); this config uses only fold 0
+    cfg, paths = build_run(tmp_path, **{"det.folds": [0]})
     fuse.run(cfg, paths)
-    assert "ignoring oof predictions of fold(s) [1]" in capsys.readouterr().out
     final = pd.read_csv(paths.filtered_predictions("oof"))
     assert set(final["image_id"]) == set(TRAIN[:3])  # fold 0's images only
+    # a renamed detector: the old model's files on disk are not fused, its own are required
+    with pytest.raises(DataError, match="yolo11n"):
+        fuse.run(load_config(None, {**_flat(cfg), "det.name": "yolo11n"}), paths)
+    # an unfinished prediction (no done record) is refused, not fused
+    paths.det_predict_record("yolo", 1).unlink()
+    with pytest.raises(DataError, match="not finished"):
+        fuse.run(load_config(None, _flat(cfg)), paths)

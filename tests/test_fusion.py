@@ -106,6 +106,28 @@ def test_process_pool_gives_the_same_result():
     pd.testing.assert_frame_equal(one, two)
 
 
+@pytest.mark.parametrize("conf_type", ["avg", "max", "box_and_model_avg", "absent_model_aware_avg"])
+def test_batched_engine_gives_the_table_of_ensemble_boxes(conf_type):
+    # clustered detector-like output: 6 sources, boxes touching the image edge, one source empty
+    # on two images, uneven weights; the whole table (order included) must be the same
+    from benchmarks.fuse import clustered_detections
+
+    frames, sizes = clustered_detections(8, n_sources=6, boxes_per_source=40, seed=11)
+    frames[2] = frames[2][~frames[2]["image_id"].isin(["img00001", "img00004"])]
+    weights = [1.0, 2.0, 0.5, 1.5, 1.0, 0.7]
+    kw = dict(iou_thr=0.4, skip_box_thr=0.0, conf_type=conf_type, weights=weights)
+    ref = fuse_detections(frames, sizes, engine="ensemble_boxes", **kw)
+    new = fuse_detections(frames, sizes, **kw)
+    assert len(ref) < sum(len(f) for f in frames) / 2  # boxes were merged
+    pd.testing.assert_frame_equal(new, ref)
+    pd.testing.assert_frame_equal(fuse_detections(frames, sizes, workers=2, chunk_size=3, **kw), ref)
+
+
+def test_unknown_engine_is_an_error():
+    with pytest.raises(ValueError, match="engine 'fast'"):
+        fuse_detections([det([("a", 0, 0.5, 0, 0, 10, 10)])], SIZES, engine="fast")
+
+
 def test_missing_size_is_a_clear_error():
     with pytest.raises(DataError, match="no original size.*'zz'"):
         fuse_detections([det([("zz", 0, 0.5, 0, 0, 10, 10)])], SIZES)

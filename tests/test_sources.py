@@ -48,7 +48,9 @@ def vbd_train(vbd, vbd_sizes):
 
 @pytest.fixture(scope="module")
 def vbd_ds(vbd):
-    return load_vinbigdata(vbd, meta_csv=vbd / "train_meta.csv", test_meta_csv=vbd / "test_meta.csv")
+    # CSV-only: the 18,000 DICOMs are not here, so their sizes are the meta CSVs' (missing_images=assume)
+    return load_vinbigdata(vbd, meta_csv=vbd / "train_meta.csv", test_meta_csv=vbd / "test_meta.csv",
+                           missing_images="assume")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def entry_2017(nih):
 
 @pytest.fixture(scope="module")
 def nih_ds(nih):
-    return load_chestxray14(nih)
+    return load_chestxray14(nih, missing_images="assume")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -224,8 +226,10 @@ def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="VinBigData folder not found"):
         load_vinbigdata(tmp_path / "nope")
     (tmp_path / "train.csv").write_text(HEADER + "\n" + GOOD_ROWS[1] + "\n")
-    with pytest.raises(DataError, match=r"train/img1.dicom: DICOM file not found"):
-        load_vinbigdata(tmp_path)  # no meta CSV and no DICOM: no size
+    with pytest.raises(DataError, match=r"train.csv line 2: image file not found: .*train/img1.dicom"):
+        load_vinbigdata(tmp_path)  # no meta CSV and no DICOM
+    with pytest.raises(DataError, match=r"train.csv line 2: image file not found .*and no size stated to assume"):
+        load_vinbigdata(tmp_path, missing_images="assume")  # nothing to assume without a meta CSV
     with pytest.raises(DataError, match="missing_meta.csv: image size CSV not found"):
         load_vinbigdata(tmp_path, meta_csv="missing_meta.csv")
 
@@ -238,7 +242,7 @@ def test_box_one_px_past_the_edge_is_clipped_and_reported(tmp_path):
     assert ann.iloc[2]["x_min"] == 0.0
     assert report == ["train.csv: 2 boxes clipped to the image by at most 1.5 px"]
     # the loader passes the report on
-    ds = load_vinbigdata(tmp_path, meta_csv=tmp_path / "train_meta.csv")
+    ds = load_vinbigdata(tmp_path, meta_csv=tmp_path / "train_meta.csv", missing_images="assume")
     assert "train.csv: 2 boxes clipped to the image by at most 1.5 px" in ds.report
 
 
@@ -352,7 +356,7 @@ def test_load_chestxray14_real(nih, nih_ds):
     assert len(on_disk) == len(pngs) == 11
     assert on_disk["source"].map(lambda s: Path(s).is_file()).all()
     assert (on_disk["width"] == 1024).all() and (on_disk["height"] == 1024).all()
-    assert any("112109 of 112120 PNGs not found" in line for line in nih_ds.report)
+    assert any("112109 of 112120 image files not found" in line and "assume" in line for line in nih_ds.report)
     by_id = im.set_index("image_id")
     assert by_id.loc["00000001_000", "labels"] == "1" and by_id.loc["00000001_000", "split"] == "train"
     assert by_id.loc["00000001_000", "source"] == str(nih / "images" / "00000001_000.png")
@@ -378,7 +382,7 @@ def test_chestxray14_nih_folders_and_non_1024_png(tmp_path):
     d.mkdir(parents=True)
     Image.new("L", (512, 256)).save(d / "00000001_000.png")
     Image.new("L", (1024, 1024)).save(d / "00000002_000.png")
-    ds = load_chestxray14(tmp_path)
+    ds = load_chestxray14(tmp_path, missing_images="assume")
     im = ds.images.set_index("image_id")
     assert im["split"].tolist() == ["test", "train", "train"]
     assert im["labels"].tolist() == ["1", "14", "3|13"]
@@ -387,10 +391,10 @@ def test_chestxray14_nih_folders_and_non_1024_png(tmp_path):
     assert im.loc["00000003_000", "width"] == 1024  # absent PNG: NIH size
     # the box is in 1024 space; the PNG is 512 wide (x / 2) and 256 high (y / 4)
     assert ds.annotations.iloc[0][["x_min", "y_min", "x_max", "y_max"]].tolist() == [50.0, 50.0, 200.0, 150.0]
-    assert any("not 1024x1024" in line for line in ds.report)
-    assert any("1 of 3 PNGs not found" in line for line in ds.report)
+    assert any("scaled per axis" in line and "1024x1024 -> 512x256" in line for line in ds.report)
+    assert any("1 of 3 image files not found" in line for line in ds.report)
 
-    ds2 = load_chestxray14(tmp_path, official_split=False, limit=2)
+    ds2 = load_chestxray14(tmp_path, official_split=False, limit=2, missing_images="assume")
     assert ds2.images["split"].tolist() == ["train", "train"]
     assert ds2.images["image_id"].tolist() == ["00000001_000", "00000002_000"]
     assert len(ds2.annotations) == 1
@@ -399,7 +403,7 @@ def test_chestxray14_nih_folders_and_non_1024_png(tmp_path):
         load_chestxray14(tmp_path, images_subdir="pngs")
     (tmp_path / "test_list.txt").unlink()
     with pytest.raises(DataError, match="test_list.txt: ChestX-ray14 test list not found.*official_split=false"):
-        load_chestxray14(tmp_path)
+        load_chestxray14(tmp_path, missing_images="assume")
 
 
 def test_chestxray14_broken_files(tmp_path):
@@ -415,7 +419,7 @@ def test_chestxray14_broken_files(tmp_path):
     msg = str(exc.value)
     assert "BBox_List_2017.csv line 3: unknown class name 'Tumour'" in msg
     assert "BBox_List_2017.csv line 4: box (1000, 1, 1074, 11) lies outside image 'c'" in msg
-    assert "BBox_List_2017.csv line 5: Image Index '.' is not a safe file name" in msg
+    assert "BBox_List_2017.csv line 5: image_id '.' is not a safe file name" in msg
     assert "BBox_List_2017.csv line 6: a finding (class_id != 14) without box coordinates" in msg
     assert "line 2:" not in msg
 
@@ -451,7 +455,7 @@ def test_data_entry_gz_2017_layout(tmp_path, nih):
 # --------------------------------------------------------------------------------------------------
 def _cfg(**data):
     base = dict(format="vinbigdata", root="", meta_csv=None, test_meta_csv=None, limit=None,
-                official_split=True, images_subdir=None)
+                official_split=True, images_subdir=None, missing_images="assume")
     base.update(data)
     return Config({"data": Config(base)})
 
@@ -465,3 +469,18 @@ def test_load_dataset_dispatch(tmp_path):
         load_dataset(_cfg(format="mimic", root=str(tmp_path)))
     with pytest.raises(ConfigError, match="data.limit"):
         load_dataset(_cfg(root=str(tmp_path), limit=0))
+
+
+@pytest.mark.parametrize("ids, want", [
+    (["a", "b_1.png", "0012"], [True, True, True]),
+    (["a", "", "b"], [True, False, True]),
+    (["a", ".", ".x"], [True, False, True]),
+    (["a", "..", "x..y"], [True, False, False]),
+    (["a/b", "c\\d", "e f", "g\nh"], [False, False, False, False]),
+    ([], []),
+])
+def test_safe_id_mask_fast_path_agrees_with_is_safe_id(ids, want):
+    from pipeline.paths import is_safe_id
+    from pipeline.sources.validate import safe_id_mask
+
+    assert safe_id_mask(pd.Series(ids, dtype="str")).tolist() == want == [is_safe_id(i) for i in ids]

@@ -20,6 +20,16 @@ class StageInfo:
 
 
 STAGES: dict[str, StageInfo] = {s.name: s for s in [
+    StageInfo("segment", "train the lung segmentation (UNet++ + classification head) and score it in original pixels",
+              "segment.data_root (images + lung masks: images/+masks/, CXR_png/+masks/, Montgomery ManualMask/)",
+              "segment/ (model.pt, metrics.json, per_image.csv, masks/, overlays/, robustness.csv, log.csv)",
+              "segment.*, run.seed, run.device, run.threads",
+              "./run.sh segment --config configs/lungs_shenzhen.yaml segment.epochs=4"),
+    StageInfo("screen", "train and score the input gate (DenseNet-121: chest / other X-ray / not X-ray) on held-out pictures",
+              "screen.folders / screen.image_root (class -> image folders), bundled and synthetic not-X-ray pictures",
+              "screen/model.pt, metrics.json, confusion.png, heldout.csv (screen.csv columns), dataset.csv, log.csv",
+              "screen.*, run.seed, run.device, run.threads",
+              "./run.sh run --config configs/gate.yaml screen.epochs=5"),
     StageInfo("prepare", "read the dataset, convert images to PNG, fuse radiologists' boxes, write YOLO labels",
               "data.root (DICOM/PNG/JPEG images and the format's annotation files)",
               "annotations.csv, images.csv, images/<split>/*.png, meta.csv, failures.csv, boxes.csv, "

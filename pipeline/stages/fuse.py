@@ -1,41 +1,38 @@
-"""Fuse stage: one detections table per split from every model, fold and flip, then the 2-class filter.
+"""Fuse stage: one detections table per split from the configured models, folds and flips, then the
+2-class filter. Cheap, so it always runs.
 
-Reads ``predictions/det_<name>_fold<k>_{oof,test}.csv`` (original pixels, ``tta`` = orig|hflip),
-``meta.csv`` (original sizes; ``images.csv`` fills gaps) and, for the filter,
-``predictions/cls_<name>_{oof,test}.csv``. Writes ``predictions/fused_{oof,test}.csv`` and
-``predictions/final_{oof,test}.csv``.
+Sources: exactly ``fuse.models`` (or the current ``det.name``), each with the folds of ``det.folds``;
+a missing file, or a prediction of the current detector that is not current (its fold's predict
+record differs from what predict would do now), is an error naming it. Nothing else on disk joins.
 
-* test: every (model, fold, flip) is one WBF source; model weights from ``fuse.weights``.
-* out-of-fold: each train image is in exactly one fold's oof file per model, so a model's folds are
-  concatenated and the sources are (model, flip); otherwise the four absent folds would each count as
-  a source that "saw nothing" and divide every score by five.
-* final: with ``filter.enabled`` and a binary classifier's ``p_abnormal``, the 2-class filter
-  (:func:`pipeline.fusion.apply_two_class_filter`). Images without a classifier probability (or every
-  image, when the filter is off or has no classifier) get a class-14 box scored 1 - (highest finding
-  score) (:func:`pipeline.fusion.add_normal_from_detections`): the detector's own best guess at
-  p(normal), so the normal class is ranked instead of scored 0.
+* test: every (model, fold, flip) is one WBF source (5 folds x flip = 10); model weights from ``fuse.weights``;
+* out-of-fold: each train image is in one fold's oof file per model, so a model's folds are
+  concatenated and the sources are (model, flip) (2 for one model). WBF's ``avg`` confidence divides
+  by the number of sources, so a test box is scored over 10 sources and an out-of-fold box over 2: the
+  report says so, and thresholds tuned out of fold are applied to test scores of that other scale;
+* final: the 2-class filter where a binary classifier's ``p_abnormal`` exists for an image
+  (:func:`pipeline.fusion.apply_two_class_filter`); every other image gets a class-14 box scored
+  1 - (highest finding score). ``fuse.json`` records how many images the filter covered, which folds
+  lacked classifier probabilities, the sources, and the thresholds (nested per fold with ``filter.tune``).
+Zero detections are a valid result: every image then gets its class-14 box, with a warning.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.classes import NORMAL_ID
-from pipeline.errors import ConfigError, DataError, PipelineError
-from pipeline.fusion import (DET_COLUMNS, add_normal_from_detections, apply_two_class_filter, check_detections,
-                             empty_detections, fuse_detections, sort_detections, tune_filter_thresholds)
-from pipeline.io import write_csv_atomic
+from pipeline.classes import run_classes
+from pipeline.errors import ConfigError, DataError
+from pipeline.fusion import DET_COLUMNS, check_detections, fuse_detections, tune_filter_thresholds
+from pipeline.io import write_csv_atomic, write_json_atomic
 from pipeline.paths import RunPaths
 from pipeline.tables import read_folds, read_table
 
-SPLITS = ("oof", "test")
+PREDICTION_SPLITS = ("oof", "test")
+TUNE = ("none", "nested", "on_oof_optimistic")
 
 
-# --------------------------------------------------------------------------------------------------
-# inputs (shared with evaluate and submit)
-# --------------------------------------------------------------------------------------------------
 def read_detections(path: Path, what: str = "detections") -> pd.DataFrame:
     """A detections CSV (contract form; a ``tta`` column, if any, is kept)."""
     df = read_table(path, what, DET_COLUMNS)
@@ -45,66 +42,76 @@ def read_detections(path: Path, what: str = "detections") -> pd.DataFrame:
     return out
 
 
-def load_sizes(paths: RunPaths) -> pd.DataFrame:
-    """``image_id, width, height, split`` in ORIGINAL pixels: meta.csv first, images.csv for the rest."""
-    parts = []
-    if paths.meta_csv.is_file():
-        parts.append(read_table(paths.meta_csv, "image meta table", ["image_id", "width", "height"]))
-    if paths.images_csv.is_file():
-        parts.append(read_table(paths.images_csv, "images table", ["image_id", "width", "height"]))
-    if not parts:
-        raise DataError(f"{paths.meta_csv}: no image sizes (neither meta.csv nor images.csv exists). "
-                        "Run the prepare stage first.")
-    cols = ["image_id", "width", "height", "split"]
-    df = pd.concat([p.reindex(columns=cols) for p in parts], ignore_index=True)
-    df["width"] = pd.to_numeric(df["width"], errors="coerce")
-    df["height"] = pd.to_numeric(df["height"], errors="coerce")
-    df = df.dropna(subset=["width", "height"]).drop_duplicates("image_id")
-    return df.reset_index(drop=True)
+def model_files(cfg, paths: RunPaths) -> dict[str, dict[str, dict[int, Path]]]:
+    """``{model: {"oof": {fold: path}, "test": {fold: path}}}`` for ``fuse.models`` (or ``det.name``) and
+    ``det.folds``; every file must exist, and the current detector's predictions must be current."""
+    models = list(cfg.fuse.models) if cfg.fuse.models is not None else [str(cfg.det.name)]
+    folds = [int(k) for k in cfg.det.folds]
+    if not models or not folds:
+        raise ConfigError("fuse.models and det.folds must name at least one model and one fold.")
+    missing, stale, out = [], [], {}
+    for m in models:
+        out[m] = {s: {k: paths.det_predictions(m, k, s) for k in folds} for s in PREDICTION_SPLITS}
+        missing += [str(p) for by in out[m].values() for p in by.values() if not p.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} prediction file(s) of fuse.models={models}, det.folds={folds} are missing, "
+                        f"e.g. {missing[0]}. Run predict for them (python -m pipeline predict det.folds=[...]) or "
+                        "change fuse.models / det.folds.")
+    from pipeline.work import Work
+
+    for m in models:
+        for k in folds:
+            rec = Work("", paths.det_predict_record(m, k), {}).read()
+            if not rec or rec.get("status") != "done":
+                stale.append(f"{m} fold {k}")
+    if stale:
+        raise DataError(f"predictions of {stale} were not finished by the predict stage (no done record in "
+                        f"det/<model>/fold<k>/predict.json). Run predict again.")
+    return out
 
 
-def split_ids(paths: RunPaths, split: str) -> list[str]:
-    """Image ids of a split ('train' or 'test') in file order: images.csv, else meta.csv."""
-    for path in (paths.images_csv, paths.meta_csv):
-        if path.is_file():
-            df = read_table(path, "image table", ["image_id", "split"])
-            return df.loc[df["split"].astype("str") == split, "image_id"].astype("str").tolist()
-    raise DataError(f"{paths.images_csv}: the images table is missing. Run the prepare stage first.")
+def _flip_variants(tables: list[pd.DataFrame], default: list[str]) -> list[str]:
+    seen = {v for t in tables if "tta" in t.columns for v in t["tta"].unique()}
+    order = ["orig", "hflip"]
+    return sorted(seen, key=lambda v: (order.index(v) if v in order else 2, v)) or default
 
 
-_DET_FILE = re.compile(r"^det_(?P<name>.+)_fold(?P<fold>\d+)_(?P<split>oof|test)\.csv$")
+def _sources(files: dict, split: str, weights_cfg: dict, default_flips: list[str]):
+    frames, weights, names = [], [], []
+    for name, by_split in files.items():
+        tables = {k: read_detections(p, f"{name} fold {k} {split} predictions") for k, p in sorted(by_split[split].items())}
+        if split == "oof":
+            seen: dict[str, int] = {}
+            for k, t in tables.items():
+                for image_id in t["image_id"].unique():
+                    if image_id in seen:
+                        raise DataError(f"{by_split[split][k]}: image {image_id!r} is also in the out-of-fold file of "
+                                        f"fold {seen[image_id]}; an image belongs to one fold. Re-run folds and predict.")
+                    seen[image_id] = k
+            groups = {"all folds": pd.concat(list(tables.values()), ignore_index=True)}
+        else:
+            groups = {f"fold{k}": t for k, t in tables.items()}
+        for label, t in groups.items():
+            tta = t["tta"] if "tta" in t.columns else pd.Series("orig", index=t.index)
+            for flip in _flip_variants(list(tables.values()), default_flips):
+                frames.append(t.loc[tta == flip, DET_COLUMNS].reset_index(drop=True))
+                weights.append(float(weights_cfg.get(name, 1.0)))
+                names.append(f"{name} {label} {flip}")
+    return frames, weights, names
 
 
-def find_det_files(paths: RunPaths, models: list[str] | None = None) -> dict[str, dict[str, dict[int, Path]]]:
-    """``{model: {"oof": {fold: path}, "test": {fold: path}}}`` for the prediction files on disk.
+def split_image_ids(cfg, paths: RunPaths, split: str) -> list[str]:
+    """Every image the final table must cover: test = every test image (a submission needs them all);
+    oof = the detector's train images (detection.csv truth/negative) of the folds in det.folds."""
+    from pipeline.tables import detector_images, read_images
 
-    ``models`` None = every ``det_<name>_*`` file; a named model without any file is a ConfigError.
-    """
-    found: dict[str, dict[str, dict[int, Path]]] = {}
-    if paths.predictions_dir.is_dir():
-        for f in sorted(paths.predictions_dir.iterdir()):
-            m = _DET_FILE.match(f.name)
-            if not m:
-                continue
-            name, fold, split = m["name"], int(m["fold"]), m["split"]
-            if paths.det_predictions(name, fold, split) != f:  # the one spelling of the path must agree
-                continue
-            found.setdefault(name, {"oof": {}, "test": {}})[split][fold] = f
-    if models is not None:
-        missing = [m for m in models if m not in found]
-        if missing:
-            raise ConfigError(f"fuse.models: no prediction files for {missing} in {paths.predictions_dir} "
-                              f"(found: {sorted(found) or 'none'}). Run predict for them or fix the names.")
-        found = {m: found[m] for m in models}
-    return found
-
-
-def normal_for_unscored(dets: pd.DataFrame, image_ids: list[str], scored: set[str]) -> pd.DataFrame:
-    """Detector-derived class-14 boxes (1 - top finding score) for the images NOT in ``scored``."""
-    rest_ids = [i for i in image_ids if i not in scored]
-    is_rest = ~dets["image_id"].isin(scored)
-    rest = add_normal_from_detections(dets[is_rest], rest_ids) if (is_rest.any() or rest_ids) else empty_detections()
-    return sort_detections(pd.concat([dets[~is_rest][DET_COLUMNS], rest], ignore_index=True))
+    if split == "test":
+        im = read_images(paths.images_csv)
+        return im.loc[im["split"] == "test", "image_id"].astype(str).tolist()
+    folds = read_folds(paths.folds_csv)
+    usable = set(detector_images(paths.detection_csv, "train"))
+    keep = folds["fold"].isin([int(k) for k in cfg.det.folds]) & folds["image_id"].isin(usable)
+    return folds.loc[keep, "image_id"].tolist()
 
 
 def classifier_probability(paths: RunPaths, name: str, split: str) -> tuple[pd.Series | None, str]:
@@ -122,151 +129,70 @@ def classifier_probability(paths: RunPaths, name: str, split: str) -> tuple[pd.S
         raise DataError(f"{path} data row {i + 1}: p_abnormal is {df['p_abnormal'].iloc[i]!r}; it must be a "
                         f"probability in [0, 1] ({int(bad.sum())} bad rows). Re-run train_cls.")
     s = pd.Series(p.to_numpy(float), index=df["image_id"].astype("str"))
-    return s[~s.index.duplicated(keep="last")], f"{path.name}"
-
-
-# --------------------------------------------------------------------------------------------------
-# the stage
-# --------------------------------------------------------------------------------------------------
-def _sources(files: dict[str, dict[str, dict[int, Path]]], split: str, weights_cfg: dict
-             ) -> tuple[list[pd.DataFrame], list[float], list[str]]:
-    frames, weights, names = [], [], []
-    for name, by_split in files.items():
-        fold_files = by_split[split]
-        if not fold_files:
-            continue
-        w = float(weights_cfg.get(name, 1.0))
-        tables = {k: read_detections(p, f"{name} fold {k} {split} predictions") for k, p in sorted(fold_files.items())}
-        if split == "oof":
-            seen: dict[str, int] = {}
-            for k, t in tables.items():
-                for image_id in t["image_id"].unique():
-                    if image_id in seen:
-                        raise DataError(f"{fold_files[k]}: image {image_id!r} is also in the out-of-fold file of "
-                                        f"fold {seen[image_id]}; an image belongs to one fold. Re-run folds and predict.")
-                    seen[image_id] = k
-            groups = {"all folds": pd.concat(list(tables.values()), ignore_index=True)}
-        else:
-            groups = {f"fold{k}": t for k, t in tables.items()}
-        for label, t in groups.items():
-            tta = t["tta"] if "tta" in t.columns else pd.Series("orig", index=t.index)
-            for flip in sorted(tta.unique()):
-                frames.append(t.loc[tta == flip, DET_COLUMNS].reset_index(drop=True))
-                weights.append(w)
-                names.append(f"{name} {label} {flip}")
-    return frames, weights, names
-
-
-def _current_folds_only(files: dict, name: str, folds: list[int]) -> dict:
-    """Files of the configured detector from folds outside ``det.folds`` (left by an earlier config with
-    more folds) are not fused; say so. Other detectors' files are used as they are on disk."""
-    if name not in files:
-        return files
-    for split, by_fold in files[name].items():
-        extra = sorted(k for k in by_fold if k not in folds)
-        if extra:
-            print(f"[fuse] {name}: ignoring {split} predictions of fold(s) {extra}, not in det.folds={folds}")
-            files[name][split] = {k: p for k, p in by_fold.items() if k in folds}
-    return files
-
-
-def _progress(total: int, desc: str):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # progress is a nicety
-        return None, None
-    bar = tqdm(total=total, desc=desc, unit="img", leave=False)
-    return bar, bar.update
+    return s[~s.index.duplicated(keep="last")], path.name
 
 
 def run(cfg, paths: RunPaths) -> dict:
+    from pipeline.filtering import apply_filter, choose_thresholds, fold_of
+
     fc, flt = cfg.fuse, cfg.filter
-    files = find_det_files(paths, list(fc.models) if fc.models is not None else None)
-    files = _current_folds_only(files, cfg.det.name, list(cfg.det.folds))
-    if not files:
-        raise PipelineError(f"{paths.predictions_dir}: no detector predictions (det_<name>_fold<k>_oof/test.csv). "
-                            "Run the predict stage first.")
+    if str(flt.tune) not in TUNE:
+        raise ConfigError(f"filter.tune: {flt.tune!r} is not one of {list(TUNE)}.")
+    files = model_files(cfg, paths)
     unknown = [k for k in (fc.weights or {}) if k not in files]
     if unknown:
-        raise ConfigError(f"fuse.weights names {unknown}, which have no predictions being fused "
-                          f"(models: {sorted(files)}). Fix the names or drop them.")
+        raise ConfigError(f"fuse.weights names {unknown}, which are not fused (models: {sorted(files)}).")
     for name, w in (fc.weights or {}).items():
         if not isinstance(w, (int, float)) or isinstance(w, bool) or w <= 0:
             raise ConfigError(f"fuse.weights.{name} must be a positive number, got {w!r}.")
-    sizes = load_sizes(paths)
-    summary: dict = {"models": sorted(files)}
+    from pipeline.tables import read_sizes
+
+    sizes = read_sizes(paths)
+    flips = ["orig", "hflip"] if cfg.det.tta_flip else ["orig"]
+    info: dict = {"models": sorted(files), "folds": [int(k) for k in cfg.det.folds], "sources": {}, "warnings": []}
     fused: dict[str, pd.DataFrame] = {}
-    for split in SPLITS:
-        frames, weights, names = _sources(files, split, dict(fc.weights or {}))
-        if not frames:
-            print(f"[fuse] no {split} predictions: {split} skipped")
-            continue
-        n_images = len(set().union(*(set(f["image_id"]) for f in frames)))
-        bar, update = _progress(n_images, f"fuse {split}")
-        try:
-            out = fuse_detections(frames, sizes, method=fc.method, iou_thr=fc.iou_thr, skip_box_thr=fc.skip_box_thr,
-                                  conf_type=fc.conf_type, weights=weights, workers=cfg.run.workers, progress=update)
-        finally:
-            if bar is not None:
-                bar.close()
+    for split in PREDICTION_SPLITS:
+        frames, weights, names = _sources(files, split, dict(fc.weights or {}), flips)
+        out = fuse_detections(frames, sizes, method=fc.method, iou_thr=fc.iou_thr, skip_box_thr=fc.skip_box_thr,
+                              conf_type=fc.conf_type, weights=weights, workers=cfg.run.workers)
         write_csv_atomic(out, paths.fused_predictions(split))
         fused[split] = out
-        summary[f"{split}_sources"] = len(frames)
-        summary[f"{split}_boxes"] = len(out)
+        info["sources"][split] = names
+        n_in = sum(len(f) for f in frames)
         print(f"[fuse] {split}: {len(frames)} sources ({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}), "
-              f"{n_images} images -> {len(out)} boxes")
+              f"{n_in} boxes -> {len(out)} fused boxes")
+        if n_in == 0:
+            msg = (f"the detector predicted no box on any {split} image (undertrained, or det.conf too high): every "
+                   "image gets only its class-14 box")
+            print(f"[fuse] warning: {msg}")
+            info["warnings"].append(msg)
 
-    # --- the 2-class filter ------------------------------------------------------------------
     cls_name = flt.classifier or cfg.cls.name
-    low, high = float(flt.low), float(flt.high)
-    probs = {s: classifier_probability(paths, cls_name, s) for s in fused}
-    use_filter = bool(flt.enabled) and any(p is not None for p, _ in probs.values())
-    if flt.enabled and not use_filter:
-        why = "; ".join(w for _, w in probs.values()) or "no fused predictions"
-        print(f"[fuse] 2-class filter enabled but no binary classifier output ({why}): "
-              "final = fused + a class-14 box scored 1 - top finding score")
-    if use_filter and flt.tune and "oof" in fused and probs["oof"][0] is not None:
-        if not paths.boxes_csv.is_file():
-            raise DataError(f"{paths.boxes_csv}: the truth boxes are needed to tune the 2-class filter "
-                            "(filter.tune=true). Run prepare first, or set filter.tune=false.")
-        truth = read_table(paths.boxes_csv, "truth boxes", ["image_id", "class_id", "x_min", "y_min", "x_max", "y_max"])
-        low, high, best, _ = tune_filter_thresholds(fused["oof"], probs["oof"][0], truth,
-                                                    multiply=flt.multiply, iou_thr=cfg.evaluate.iou_thr)
-        summary["filter_tuned_map"] = round(best, 5)
-        print(f"[fuse] 2-class filter tuned on out-of-fold data: low={low}, high={high} (oof mAP {best:.4f})")
-    summary.update(filter_applied=use_filter, filter_classifier=cls_name if use_filter else None,
-                   filter_low=low, filter_high=high, filter_multiply=bool(flt.multiply))
-
+    normal_id = run_classes(paths).normal_id
+    folds = fold_of(paths)
+    probs = {sp: (classifier_probability(paths, cls_name, sp) if flt.enabled else (None, "filter.enabled is false"))
+             for sp in PREDICTION_SPLITS}
+    thresholds = choose_thresholds(cfg, paths, fused["oof"], probs["oof"][0], folds, tune_filter_thresholds, normal_id)
     for split, dets in fused.items():
-        oof_folds = {k for by_split in files.values() for k in by_split["oof"]}
-        ids = _split_image_ids(paths, split, dets, oof_folds)
-        p = probs[split][0] if use_filter else None
-        if p is not None:
-            p = p[p.index.isin(set(ids))] if ids else p
-            final = apply_two_class_filter(dets, p, low, high, multiply=flt.multiply)
-            final = normal_for_unscored(final, ids, set(p.index))
-            summary[f"{split}_filtered_images"] = int(len(p))
-        else:
-            final = add_normal_from_detections(dets, ids)
+        ids = split_image_ids(cfg, paths, split)
+        p, why = probs[split]
+        final, cover = apply_filter(split, dets, ids, p, folds, thresholds, bool(flt.multiply), normal_id)
+        cover["classifier"] = cls_name if p is not None else None
+        cover["why_not"] = None if p is not None else why
         write_csv_atomic(final, paths.filtered_predictions(split))
-        summary[f"{split}_final_images"] = int(final["image_id"].nunique())
-        n14 = int((final["class_id"] == NORMAL_ID).sum())
-        print(f"[fuse] {split}: final {len(final)} rows on {final['image_id'].nunique()} images ({n14} class-14 boxes)")
-    summary["fused"] = {s: str(paths.fused_predictions(s)) for s in fused}
-    summary["final"] = {s: str(paths.filtered_predictions(s)) for s in fused}
+        info[f"filter_{split}"] = cover
+        if cover.get("warning"):
+            print(f"[fuse] warning: {cover['warning']}")
+            info["warnings"].append(cover["warning"])
+        n14 = int((final["class_id"] == normal_id).sum())
+        print(f"[fuse] {split}: final {len(final)} rows on {final['image_id'].nunique()} images ({n14} class-14 boxes); "
+              f"2-class filter on {cover['n_filtered']} of {cover['n_images']} images"
+              + ("" if p is not None else f" ({why})"))
+    write_json_atomic(paths.fuse_summary, info)
+    oof_cover = info.get("filter_oof", {})
+    summary = {"models": sorted(files), "fuse_summary": str(paths.fuse_summary),
+               "filter_coverage": (f"applied to {oof_cover.get('n_filtered', 0)} of {oof_cover.get('n_images', 0)} "
+                                   "out-of-fold images")}
+    if info["warnings"]:
+        summary["warnings"] = info["warnings"]
     return summary
-
-
-def _split_image_ids(paths: RunPaths, split: str, dets: pd.DataFrame, oof_folds: set[int]) -> list[str]:
-    """Every image the final table must cover: test = the test split; oof = the train images of the folds
-    that have out-of-fold predictions (an image the detector left empty still needs its class-14 box)."""
-    have = list(pd.unique(dets["image_id"]))
-    if split == "test":
-        ids = split_ids(paths, "test")  # no images table is an error: prepare has not run
-    else:
-        ids = []
-        if paths.folds_csv.is_file():
-            folds = read_folds(paths.folds_csv)
-            ids = folds.loc[folds["fold"].isin(oof_folds), "image_id"].tolist()
-    seen = set(ids)
-    return ids + [i for i in have if i not in seen]

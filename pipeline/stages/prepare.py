@@ -23,26 +23,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.classes import NORMAL_ID, class_names, finding_names
+from pipeline.classes import ClassList
 from pipeline.config import resolve_workers
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import PipelineError
 from pipeline.io import write_csv_atomic
 
 _SHOWN_FAILURES = 3  # failures quoted in the error message; the rest are in failures.csv
 
 
-def _has_dataset(root: Path, fmt: str) -> bool:
-    """True when ``root`` already holds the dataset's main annotation file."""
-    if fmt == "vinbigdata":
-        return (root / "train.csv").is_file()
-    if fmt == "chestxray14":
-        return any(root.glob("Data_Entry*.csv*"))
-    raise ConfigError(f"data.format must be vinbigdata or chestxray14, got {fmt!r}.")
-
-
 def _ensure_demo(cfg) -> None:
+    from pipeline.sources import has_dataset
+
     root, fmt = Path(cfg.data.root), str(cfg.data.format)
-    if not cfg.data.demo or _has_dataset(root, fmt):
+    if not cfg.data.demo or has_dataset(root, fmt, cfg.data.get("annotations")):
         return
     from pipeline.demo import make_demo
 
@@ -71,9 +64,9 @@ def _sizes_for_labels(images: pd.DataFrame, meta: pd.DataFrame) -> tuple[pd.Data
 def run(cfg, paths) -> dict:
     from pipeline.convert import ConvertJob, ConvertOptions, convert_images, needs_conversion, read_meta
     from pipeline.labels import dataset_yaml, fuse_annotations, write_yolo_labels
+    from pipeline.roles import describe_roles, detection_roles
     from pipeline.sources import load_dataset
 
-    fmt = str(cfg.data.format)
     _ensure_demo(cfg)
     options = ConvertOptions.from_config(cfg.image)  # bad image.* values fail before any work
 
@@ -84,6 +77,7 @@ def run(cfg, paths) -> dict:
     write_csv_atomic(ds.annotations, paths.annotations_csv)
     write_csv_atomic(ds.images, paths.images_csv)
     images = ds.images
+    classes = ClassList(tuple(ds.classes))
 
     # --- images ----------------------------------------------------------------------------------
     jobs = [ConvertJob(i, s, Path(src), paths.image(s, i))
@@ -106,26 +100,23 @@ def run(cfg, paths) -> dict:
     t0 = time.perf_counter()
     boxes = fuse_annotations(ds.annotations, images[["image_id", "width", "height"]], method=str(cfg.labels.fuse),
                              iou_thr=float(cfg.labels.iou_thr), classes=cfg.labels.classes,
-                             class_names=class_names(fmt))
+                             class_names=list(classes.names), normal_id=classes.normal_id)
     write_csv_atomic(boxes, paths.boxes_csv)
     sizes, notes = _sizes_for_labels(images, meta)
     for line in notes:
         print(f"[prepare] warning: {line}")
     train_ok = meta.loc[meta["split"] == "train", "image_id"].tolist()
-    n_labels = write_yolo_labels(boxes, sizes, lambda i: paths.label("train", i), train_ok)
-    dataset_yaml(finding_names(fmt), paths.dataset_yaml)
+    n_labels = write_yolo_labels(boxes, sizes, lambda i: paths.label("train", i), train_ok, classes.normal_id)
+    dataset_yaml(classes.findings, paths.dataset_yaml, classes.normal_name)
     t_labels = time.perf_counter() - t0
 
-    finding = boxes["class_id"] != NORMAL_ID
-    boxed_ids = set(boxes.loc[finding, "image_id"])
-    train_rows = images[images["split"] == "train"]
-    # Images whose image-level labels name a finding but that have no box (e.g. ChestX-ray14 train images)
-    # get empty label files, which a detector reads as "nothing here": say so rather than hide it.
-    unboxed = train_rows[~train_rows["image_id"].isin(boxed_ids)
-                         & ~train_rows["labels"].astype("str").isin(["", str(NORMAL_ID)])]
-    if len(unboxed):
-        print(f"[prepare] note: {len(unboxed)} train image(s) have findings in their labels but no box; their "
-              "YOLO label files are empty (background for the detector; the classifier still uses their labels)")
+    finding = boxes["class_id"] != classes.normal_id
+    kept = list(cfg.labels.classes) if cfg.labels.classes is not None else list(range(classes.normal_id))
+    roles = detection_roles(images, boxes, classes.normal_id, kept, str(cfg.labels.excluded_only), cfg.labels.negatives,
+                            int(cfg.run.seed))
+    write_csv_atomic(roles, paths.detection_csv)
+    for line in describe_roles(roles):
+        print(f"[prepare] detector images, {line}")
     n_per_split = meta["split"].value_counts().to_dict()
     print(f"[prepare] {int(finding.sum())} {cfg.labels.fuse} boxes from {int(ds.annotations['x_min'].notna().sum())} "
           f"drawn; {n_labels} label files; convert {t_convert:.1f} s, labels {t_labels:.1f} s")
@@ -135,6 +126,8 @@ def run(cfg, paths) -> dict:
         "n_test": int(n_per_split.get("test", 0)),
         "n_boxes": int(finding.sum()),
         "n_failures": int(len(failures)),
+        "n_converted": int(len(jobs) - n_skip),
+        "skipped": n_skip == len(jobs) and not len(failures),
     }
     if len(failures):
         shown = "; ".join(f"{r.image_id} ({r.source}): {r.reason}"

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from pipeline.errors import DataError, PipelineError
+from pipeline.evaluation import test_truth_path
 from pipeline.io import write_csv_atomic
+from pipeline.metrics import TRUTH_COLUMNS
 from pipeline.paths import RunPaths
-from pipeline.tables import read_table
-from pipeline.stages.evaluate import TRUTH_COLUMNS, test_truth_path
-from pipeline.stages.fuse import read_detections, split_ids
+from pipeline.stages.fuse import read_detections
+from pipeline.tables import read_images, read_table
 
 
 def sample_submission_path(cfg) -> Path | None:
@@ -46,7 +46,8 @@ def expected_ids(cfg, paths: RunPaths) -> tuple[list[str], str]:
         if not ids:
             raise DataError(f"{sample}: the sample submission has no rows.")
         return ids, str(sample)
-    ids = split_ids(paths, "test")
+    im = read_images(paths.images_csv)
+    ids = im.loc[im["split"] == "test", "image_id"].astype(str).tolist()
     if not ids:
         raise DataError(f"{paths.images_csv}: no test images and no sample submission "
                         f"({Path(cfg.data.root) / 'sample_submission.csv'} not found); nothing to submit.")
@@ -68,7 +69,10 @@ def run(cfg, paths: RunPaths) -> dict:
         raise DataError(f"{src}: predictions for {len(stray)} image(s) that are not in the submission's ids "
                         f"({ids_from}), e.g. {stray[:5]}. Check that data.root and the sample submission belong "
                         "to this run's test set.")
-    sub = to_submission(dets, ids)
+    from pipeline.classes import run_classes
+
+    normal_id = run_classes(paths).normal_id
+    sub = to_submission(dets, ids, normal_id)
     validate_submission(sub, ids, where=f"submission for {paths.submission}")
     write_csv_atomic(sub, paths.submission)
     covered = set(dets["image_id"])
@@ -77,7 +81,7 @@ def run(cfg, paths: RunPaths) -> dict:
     if n_default:
         out["images_without_predictions"] = n_default
         print(f"[submit] {n_default} of {len(ids)} images have no prediction (not predicted, e.g. data.limit): "
-              "written as '14 1 0 0 1 1'")
+              f"written as '{normal_id} 1 0 0 1 1'")
     if cfg.data.format == "chestxray14":
         out["note"] = "ChestX-ray14 has no Kaggle competition: the same format, written for the test split"
         print(f"[submit] {out['note']}")
