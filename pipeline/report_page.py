@@ -38,7 +38,38 @@ def detection_figures(paths, scores: dict, truth, final, eval_ids, classes, iou:
             plot_confusion(normal_confusion(truth, final, eval_ids, classes.normal_id), paths.plot("normal_confusion"))]
     if roc_curves:
         figs.append(plot_roc(roc_curves, paths.plot("classifier_roc")))
-    return figs
+    return figs + oof_examples(paths, truth, final, classes)
+
+
+def oof_examples(paths, truth, final, classes, per_fold: int = 2, min_score: float = 0.2) -> list[Path]:
+    """A few out-of-fold images of each fold with their truth (green) and final predictions (orange,
+    score >= ``min_score``, at most 8) drawn, as the report's last figures."""
+    import cv2
+
+    from pipeline.filtering import fold_of
+    from pipeline.overlay import draw, write_png
+    from pipeline.tables import read_sizes
+
+    folds = fold_of(paths)
+    sizes = read_sizes(paths).set_index("image_id")
+    boxed = truth[(truth["class_id"] != classes.normal_id) & truth["x_min"].notna()]
+    out = []
+    for k in sorted(set(folds.reindex(boxed["image_id"].unique()).dropna().astype(int))):
+        ids = [i for i in boxed["image_id"].unique() if folds.get(i) == k][:per_fold]
+        for image_id in ids:
+            png = paths.image("train", image_id)
+            if not png.is_file() or image_id not in sizes.index:
+                continue
+            t = boxed[boxed["image_id"] == image_id]
+            p = final[(final["image_id"] == image_id) & (final["class_id"] != classes.normal_id)
+                      & (final["score"] >= min_score)].sort_values("score", ascending=False).head(8)
+            name = lambda c: classes.names[int(c)] if 0 <= int(c) < len(classes.names) else str(c)
+            pic = draw(cv2.imread(str(png), cv2.IMREAD_UNCHANGED), (sizes.at[image_id, "width"], sizes.at[image_id, "height"]),
+                       [(name(r.class_id), r.score, r.x_min, r.y_min, r.x_max, r.y_max) for r in p.itertuples()],
+                       [(name(r.class_id), r.x_min, r.y_min, r.x_max, r.y_max) for r in t.itertuples()],
+                       corner=f"fold {k} (out of fold): {image_id}", max_side=512)
+            out.append(write_png(paths.plot(f"oof_example_fold{k}_{image_id}"), pic))
+    return out
 
 
 def detection_page(paths, metrics: dict, scores: dict, figures: list[Path]) -> Path:
@@ -51,7 +82,9 @@ def detection_page(paths, metrics: dict, scores: dict, figures: list[Path]) -> P
     summ = pd.DataFrame({"value": [np.nan if v is None else float(v) for _, v in rows]},
                         index=pd.Index([r for r, _ in rows], name="metric"))
     variants = pd.DataFrame({k: {"mAP": v["map"], "images": v["n_images"], "predictions": v["n_predictions"],
-                                 **{f"fold {f}": m for f, m in v.get("per_fold", {}).items()}}
+                                 **{f"fold {f}": m for f, m in v.get("per_fold", {}).items()},
+                                 "fold spread (sd)": float(np.std(list(v["per_fold"].values()), ddof=1))
+                                 if len(v.get("per_fold", {})) > 1 else np.nan}
                              for k, v in scores.items()}).T
     variants.index.name = "variant"
     per_class = pd.DataFrame({k: v["per_class"] for k, v in scores.items()})
@@ -79,6 +112,17 @@ def detection_page(paths, metrics: dict, scores: dict, figures: list[Path]) -> P
                    "on every image, so 'final' vs 'no_filter' isolates the classifier's contribution.</p>"),
                 (f"Variants (IoU {metrics['iou_thr']:g}, {metrics['n_oof_images']} out-of-fold images)", table_html(variants)),
                 ("AP per class", table_html(per_class))]
+    coco = (metrics.get("coco") or {}).get("final")
+    if coco:
+        rows = {n: {"COCO AP50": v.get("ap50"), "COCO AP": v.get("ap"), "truth boxes": v.get("n_truth"),
+                    "predictions": v.get("n_pred")} for n, v in coco["per_class"].items()}
+        rows["mean over classes"] = {"COCO AP50": coco["ap50"], "COCO AP": coco["ap"], "truth boxes": coco["n_truth"],
+                                     "predictions": coco["n_predictions"]}
+        rows["class-agnostic"] = {"COCO AP50": coco["agnostic"]["ap50"], "COCO AP": coco["agnostic"]["ap"]}
+        table = pd.DataFrame(rows).T.apply(pd.to_numeric, errors="coerce")
+        table.index.name = "class"
+        sections.append((f"COCO AP (out-of-fold, final; max {coco['max_dets']} boxes per image; the headline "
+                         f"metric is {metrics['summary'].get('headline_metric')})", table_html(table)))
     c = metrics["classifier"]
     if c.get("per_label"):
         pl = pd.DataFrame({"AUC": c["per_label"]})

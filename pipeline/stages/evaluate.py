@@ -33,8 +33,12 @@ from pipeline.tables import read_table
 
 def oof_rule(cfg) -> dict:
     """Which selection rules applied, in words, and the optimistic options that were set."""
-    optimistic = [f"{k}={v}" for k, v in (("det.select", cfg.det.select), ("cls.select", cfg.cls.select),
-                                          ("filter.tune", cfg.filter.tune)) if "optimistic" in str(v)]
+    stages = list(cfg.run.stages)
+    uses_cls = "train_cls" in stages
+    uses_filter = uses_cls and bool(cfg.filter.enabled)
+    chosen = [("det.select", cfg.det.select, "train_det" in stages), ("cls.select", cfg.cls.select, uses_cls),
+              ("filter.tune", cfg.filter.tune, uses_filter)]
+    optimistic = [f"{k}={v}" for k, v, used in chosen if used and "optimistic" in str(v)]
     rules = [f"detector: {'the last epoch of each fold' if cfg.det.select == 'last' else 'best.pt chosen on the fold itself'}",
              {"inner": f"classifier: epoch and early stop chosen on an inner holdout ({cfg.cls.inner_holdout:g}) of the "
                        "training folds", "last": "classifier: the last epoch of each fold",
@@ -42,6 +46,10 @@ def oof_rule(cfg) -> dict:
              {"none": f"2-class filter thresholds as configured ({cfg.filter.low:g} / {cfg.filter.high:g})",
               "nested": "2-class filter thresholds nested: fold k's chosen on the other folds",
               "on_oof_optimistic": "2-class filter thresholds chosen on the scored out-of-fold data"}.get(str(cfg.filter.tune), "")]
+    if not uses_cls:
+        rules[1] = ""
+    if not uses_filter:
+        rules[2] = ""
     text = ("Honest out-of-fold: nothing reported for fold k was chosen by looking at fold k." if not optimistic else
             f"OPTIMISTIC out-of-fold figures: {', '.join(optimistic)} chose on the folds that are reported.")
     return {"honest": not optimistic, "statement": text, "rules": rules, "optimistic_options": optimistic,
@@ -49,6 +57,10 @@ def oof_rule(cfg) -> dict:
                            "sources); a test image's fuse every fold's (folds x flips). WBF's average confidence "
                            "divides by the number of sources, so test scores sit on another scale: thresholds "
                            "and 'No finding' scores chosen out of fold mean something else on test."}
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 def _fuse_info(paths: RunPaths) -> dict:
@@ -104,9 +116,17 @@ def run(cfg, paths: RunPaths) -> dict:
         scores[f"det_{name}"] = score(truth, add_normal_from_detections(det, eval_ids, nid), names, iou, folds)
 
     cls_metrics, roc_curves = classifier_metrics(cfg, paths, classes)
+    from pipeline.coco_metrics import check_headline_metric, coco_scores, headline_value
+
+    metric = check_headline_metric(str(cfg.evaluate.metric))
+    coco = {k: coco_scores(truth, preds, names, nid, eval_ids, backend=str(cfg.evaluate.coco_backend))
+            for k, preds in (("final", final), ("no_filter", fused))}
     fuse_info = _fuse_info(paths)
     test = _test_scores(cfg, paths, classes, iou)
-    summary = {"headline": _headline(cfg, fuse_info), "oof_map": scores["final"]["map"],
+    summary = {"headline": _headline(cfg, fuse_info), "headline_metric": metric,
+               "headline_value": headline_value(metric, coco["final"], scores["final"]["map"]),
+               "oof_coco_ap50": coco["final"]["ap50"], "oof_coco_ap": coco["final"]["ap"],
+               "oof_coco_ap50_agnostic": coco["final"]["agnostic"]["ap50"], "oof_map": scores["final"]["map"],
                "oof_map_no_filter": scores["no_filter"]["map"], "baseline_map": scores["baseline_no_finding"]["map"],
                "cls_auc": cls_metrics.get("auc")}
     if test is not None:
@@ -120,7 +140,7 @@ def run(cfg, paths: RunPaths) -> dict:
                                          "high": cfg.filter.high, "multiply": bool(cfg.filter.multiply),
                                          "tune": cfg.filter.tune},
                           "oof": fuse_info.get("filter_oof"), "test": fuse_info.get("filter_test")},
-               "oof": {k: _public(v) for k, v in scores.items()}, "classifier": cls_metrics}
+               "oof": {k: _public(v) for k, v in scores.items()}, "coco": coco, "classifier": cls_metrics}
     if test is not None:
         metrics["test"] = test
     write_json_atomic(paths.metrics_json, metrics)
@@ -133,6 +153,8 @@ def run(cfg, paths: RunPaths) -> dict:
     print(f"[evaluate] {summary['headline']}")
     print(f"[evaluate] oof mAP@{iou:g}: final {summary['oof_map']:.4f}, detector alone {summary['oof_map_no_filter']:.4f}, "
           f"'No finding' baseline {summary['baseline_map']:.4f}" + (f", test {summary['test_map']:.4f}" if test else ""))
+    print(f"[evaluate] out-of-fold COCO AP50 {_f(coco['final']['ap50'])}, AP {_f(coco['final']['ap'])}, class-agnostic "
+          f"AP50 {_f(coco['final']['agnostic']['ap50'])}; headline ({metric}): {_f(summary['headline_value'])}")
     print(f"[evaluate] {rule['statement']}")
     if fuse_info.get("warnings"):
         out["warnings"] = fuse_info["warnings"]

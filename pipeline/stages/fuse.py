@@ -185,7 +185,7 @@ def run(cfg, paths: RunPaths) -> dict:
             print(f"[fuse] warning: {cover['warning']}")
             info["warnings"].append(cover["warning"])
         n14 = int((final["class_id"] == normal_id).sum())
-        print(f"[fuse] {split}: final {len(final)} rows on {final['image_id'].nunique()} images ({n14} class-14 boxes); "
+        print(f"[fuse] {split}: final {len(final)} rows on {final['image_id'].nunique()} images ({n14} normal-class boxes, class {normal_id}); "
               f"2-class filter on {cover['n_filtered']} of {cover['n_images']} images"
               + ("" if p is not None else f" ({why})"))
     write_json_atomic(paths.fuse_summary, info)
