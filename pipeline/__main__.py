@@ -17,8 +17,23 @@ TOOLS = {
     "score": ("pipeline.tools.score", "score a submission with the VinBigData metric (VOC mAP at IoU 0.4)"),
     "dicom2png": ("pipeline.tools.dicom2png", "convert DICOM/PNG files or folders to training PNGs"),
     "yolo-labels": ("pipeline.tools.yolo_labels", "fuse radiologists' boxes and write YOLO label files"),
+    "infer": ("pipeline.tools.infer", "apply a finished run's models to new DICOM/PNG/JPEG images (boxes in input pixels)"),
     "slurm": ("pipeline.tools.slurm", "submit the run as a SLURM job graph (per-fold arrays); --dry-run prints it"),
     "screen-images": ("pipeline.tools.screen", "is each input a chest X-ray? gate model + DICOM header rules -> screen.csv"),
+}
+
+# Stages that also have a tool form on files: ./run.sh <stage> --model M --out DIR INPUT... runs the tool.
+TOOL_FORMS = {"screen": "screen-images"}
+
+# One example per tool for ./run.sh --help (a tool missing here shows its --help hint instead).
+TOOL_EXAMPLES = {
+    "demo-data": "./run.sh demo-data /tmp/demo --format chestxray14 --n-train 40",
+    "score": "./run.sh score --truth train.csv --submission submissions/demo.csv",
+    "dicom2png": "./run.sh dicom2png ../shared/real/dicom --out /tmp/png --size 1024",
+    "yolo-labels": "./run.sh yolo-labels --annotations train.csv --meta train_meta.csv --out /tmp/labels",
+    "infer": "./run.sh infer --run runs/demo --out /tmp/infer data/demo/test",
+    "slurm": "./run.sh slurm --config configs/vinbigdata.yaml --partition gpu --gpus-per-job 1 --dry-run",
+    "screen-images": "./run.sh screen-images --model runs/gate/screen/model.pt --out /tmp/screen ../shared/real/hands",
 }
 
 USAGE = """usage: ./run.sh <command> [args]      (= python -m pipeline <command> [args] inside .venv)
@@ -42,7 +57,8 @@ def _usage() -> str:
     from pipeline.stages import STAGES
 
     stages = "\n".join(f"  {s.name:<12} {s.summary}\n                 e.g. {s.example}" for s in STAGES.values())
-    tools = "\n".join(f"  {name:<12} {help_}" for name, (_, help_) in TOOLS.items())
+    tools = "\n".join(f"  {name:<12} {help_}\n                 e.g. {TOOL_EXAMPLES.get(name, f'./run.sh {name} --help')}"
+                      for name, (_, help_) in TOOLS.items())
     return USAGE.format(stages=stages, tools=tools)
 
 
@@ -94,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     command, rest = argv[0], argv[1:]
+    # ./run.sh screen is the stage (--config, key=value) or, given files, the tool (--model/--out INPUT...)
+    if command in TOOL_FORMS and any(a.split("=")[0] in ("--model", "--out") for a in rest):
+        command = TOOL_FORMS[command]
     try:
         if command in TOOLS:
             module = importlib.import_module(TOOLS[command][0])

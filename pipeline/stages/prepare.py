@@ -61,6 +61,27 @@ def _sizes_for_labels(images: pd.DataFrame, meta: pd.DataFrame) -> tuple[pd.Data
     return sizes[["image_id", "width", "height"]], notes
 
 
+def _screen(cfg, paths, ds):
+    """screen.enabled: the input gate decides for every image; rejected ones (not a chest X-ray, or
+    unreadable) are set aside: left out of the tables, listed in screen.csv, counted in the log."""
+    from pipeline.gate import configured_model, screen_files
+
+    table = screen_files(ds.images["source"].tolist(), configured_model(cfg), device="cpu", progress=True)
+    table["image_id"] = ds.images["image_id"].astype(str).to_numpy()
+    write_csv_atomic(table, paths.screen_csv)
+    rejected = set(table.loc[~table["accepted"].astype(bool), "image_id"])
+    if rejected:
+        why = table[~table["accepted"].astype(bool)]["decision"].value_counts().to_dict()
+        eg = table[~table["accepted"].astype(bool)].iloc[0]
+        print(f"[prepare] screen: {len(rejected)} of {len(table)} image(s) set aside ({why}), e.g. {eg['image_id']}: "
+              f"{eg['reason']}; all decisions in {paths.screen_csv}")
+    else:
+        print(f"[prepare] screen: all {len(table)} image(s) are chest X-rays ({paths.screen_csv})")
+    ds.images = ds.images[~ds.images["image_id"].isin(rejected)].reset_index(drop=True)
+    ds.annotations = ds.annotations[~ds.annotations["image_id"].isin(rejected)].reset_index(drop=True)
+    return ds, len(rejected)
+
+
 def run(cfg, paths) -> dict:
     from pipeline.convert import ConvertJob, ConvertOptions, convert_images, needs_conversion, read_meta
     from pipeline.labels import dataset_yaml, fuse_annotations, write_yolo_labels
@@ -74,6 +95,9 @@ def run(cfg, paths) -> dict:
     ds = load_dataset(cfg)
     for line in ds.report:
         print(f"[prepare] {line}")
+    n_rejected = 0
+    if (cfg.get("screen") or {}).get("enabled"):
+        ds, n_rejected = _screen(cfg, paths, ds)
     write_csv_atomic(ds.annotations, paths.annotations_csv)
     write_csv_atomic(ds.images, paths.images_csv)
     images = ds.images
@@ -106,7 +130,9 @@ def run(cfg, paths) -> dict:
     for line in notes:
         print(f"[prepare] warning: {line}")
     train_ok = meta.loc[meta["split"] == "train", "image_id"].tolist()
-    n_labels = write_yolo_labels(boxes, sizes, lambda i: paths.label("train", i), train_ok, classes.normal_id)
+    # labels for the converted images only (a failed one has no decoded size; it is in failures.csv)
+    n_labels = write_yolo_labels(boxes[boxes["image_id"].isin(set(train_ok))], sizes, lambda i: paths.label("train", i),
+                                 train_ok, classes.normal_id)
     dataset_yaml(classes.findings, paths.dataset_yaml, classes.normal_name)
     t_labels = time.perf_counter() - t0
 
@@ -127,6 +153,7 @@ def run(cfg, paths) -> dict:
         "n_boxes": int(finding.sum()),
         "n_failures": int(len(failures)),
         "n_converted": int(len(jobs) - n_skip),
+        "n_rejected_by_screen": n_rejected,
         "skipped": n_skip == len(jobs) and not len(failures),
     }
     if len(failures):
