@@ -144,6 +144,12 @@ def test_fuse_evaluate_submit_with_the_filter(tmp_path):
     assert m["filter"]["oof"]["n_filtered"] == 6 and m["out_of_fold_rule"]["honest"]
     assert "2-class filter on 6 of 6" in esum["headline"]
     assert m["fusion"]["sources"]["oof"] == ["yolo all folds orig", "yolo all folds hflip"]
+    # COCO AP by the library beside the VOC mAP: every finding found exactly, the t0 false positive removed
+    assert m["coco"]["final"]["ap50"] == pytest.approx(1.0) and m["coco"]["final"]["agnostic"]["ap50"] == pytest.approx(1.0)
+    assert m["coco"]["no_filter"]["ap50"] < 1.0  # the confident false positive on t0 costs AP50 without the filter
+    assert esum["headline_metric"] == "voc_map" and esum["headline_value"] == esum["oof_map"]
+    other = evaluate.run(load_config(None, {**_flat(cfg), "evaluate.metric": "coco_ap50_agnostic"}), paths)
+    assert other["headline_value"] == pytest.approx(1.0) and "COCO AP50" in paths.report.read_text()
     for name in ("per_class_ap", "precision_recall", "label_distribution", "normal_confusion", "classifier_roc"):
         assert (paths.plots_dir / f"{name}.png").stat().st_size > 1000
     page = paths.report.read_text()
