@@ -1,18 +1,24 @@
 """Batch conversion of DICOM/PNG radiographs to training PNGs that never loses work.
 
-- Each PNG is written atomically (temporary file + ``os.replace``): a crash or Ctrl-C never
-  leaves a partial PNG, so "the file exists" means "the file is complete".
-- Resume: a job whose ``dest`` exists AND has a row in ``previous_meta`` with the same
-  ``fingerprint`` is skipped (its previous row is returned) unless ``force``; everything else is
-  (re)converted. The fingerprint (``job_fingerprint``) hashes the options that change pixels and the
-  source file's size and mtime, so a run with another ``image.size``/``image.clahe``/... or an edited
-  source re-converts instead of silently keeping stale PNGs. Rows from older meta tables without the
-  column never match, so those images are converted again once.
+- Each PNG is written atomically (temporary file + ``os.replace``): a crash, Ctrl-C or kill -9 never
+  leaves a partial PNG under its final name, so "the file exists" means "the file is complete";
+  temporaries a killed run left behind are removed by the next run.
+- Skip rule (one for the whole project, :func:`pipeline.work.is_current`): a job is skipped only when
+  its ``dest`` exists and its recorded ``fingerprint`` equals ``job_fingerprint``: a digest of the
+  options that change pixels and of the source file's CONTENT (:func:`pipeline.fingerprint.file_digest`),
+  never its path or mtime. So ``touch`` or copying the dataset elsewhere converts nothing, and changed
+  bytes or another ``image.size``/``image.clahe``/... re-converts. ``force`` redoes everything. Rows of
+  older meta tables without a fingerprint never match, so those images are converted again once.
+- A killed batch keeps its finished images: with ``journal`` each finished row is appended to a journal
+  file that the next batch reads back (:class:`pipeline.convert_records.Journal`).
 - A job that fails removes its old PNG (if any): the folder never keeps a PNG meta.csv does not
   describe.
-- A bad file becomes one row of ``failures`` (image_id, split, source, reason: one line, no
-  traceback); every other file still converts.
+- A bad file becomes one row of ``failures`` (image_id, split, source, reason: one line naming the
+  element or problem, no traceback); every other file still converts.
 - ``workers > 1`` runs a spawn-safe process pool (chunked ``imap_unordered``), with a tqdm bar.
+
+Content digests are cached in the folder given to :func:`pipeline.fingerprint.set_cache_dir` (the
+runner: ``<run dir>/.cache``; dicom2png: ``<out>/.cache``); worker processes use the same folder.
 
 From Python::
 
@@ -22,10 +28,7 @@ From Python::
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import multiprocessing as mp
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping
@@ -33,15 +36,13 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 if TYPE_CHECKING:  # pandas is imported lazily: spawned workers start faster without it
     import pandas as pd
 
-import numpy as np
-
 from pipeline.config import resolve_workers
+from pipeline.convert_records import (FAILURE_COLUMNS, META_COLUMNS, Journal, meta_types, previous_rows,
+                                      read_meta, remove_stale_temporaries)
 from pipeline.errors import ConfigError, DataError
 
-META_COLUMNS = ["image_id", "split", "height", "width", "out_height", "out_width", "photometric",
-                "bits_stored", "transfer_syntax", "source", "mapping", "inverted", "clahe", "decode_reduce",
-                "fingerprint"]
-FAILURE_COLUMNS = ["image_id", "split", "source", "reason"]
+# Bumped whenever the conversion maths changes, so PNGs made by older code are not kept as current.
+PIXEL_METHOD = 2
 
 
 @dataclass
@@ -61,6 +62,7 @@ class ConvertOptions:
     decode_slack: float = 0.1
     denoise_strength: float = 3.0
     png_compression: int = 1
+    multiframe: str = "refuse"
 
     def __post_init__(self) -> None:
         self.percentiles = tuple(float(p) for p in self.percentiles)  # type: ignore[assignment]
@@ -79,6 +81,8 @@ class ConvertOptions:
             problems.append(f"image.decode_slack must be in [0, 0.5), got {self.decode_slack}")
         if not 0 <= self.png_compression <= 9:
             problems.append(f"png_compression must be 0..9, got {self.png_compression}")
+        if self.multiframe not in ("refuse", "first"):
+            problems.append(f"image.multiframe must be refuse or first, got {self.multiframe!r}")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -101,6 +105,7 @@ class ConvertOptions:
             "denoise": bool(self.denoise),
             "denoise_strength": float(self.denoise_strength) if self.denoise else None,
             "fast_decode": bool(self.fast_decode), "decode_slack": float(self.decode_slack),
+            "multiframe": str(self.multiframe), "method": PIXEL_METHOD,
         }
 
     @property
@@ -121,20 +126,14 @@ class ConvertJob:
         self.source, self.dest = Path(self.source), Path(self.dest)
 
 
-FINGERPRINT_DIGITS = 16
-
-
 def job_fingerprint(job: ConvertJob, options: ConvertOptions) -> str:
-    """16 hex digits identifying what would produce ``job.dest``: ``options.pixel_key()`` plus the
-    size and mtime (ns) of ``job.source``. "" when the source cannot be stat'ed (it will then fail to
-    convert and be reported), which never matches a recorded fingerprint."""
-    try:
-        st = os.stat(job.source)
-    except OSError:
-        return ""
-    blob = json.dumps({"options": options.pixel_key(), "source_size": int(st.st_size),
-                       "source_mtime_ns": int(st.st_mtime_ns)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:FINGERPRINT_DIGITS]
+    """16 hex digits identifying what would produce ``job.dest``: ``options.pixel_key()`` and the
+    content digest of ``job.source`` (never its path or mtime). "" when the source cannot be read
+    (it will then fail to convert and be reported), which never matches a recorded fingerprint."""
+    from pipeline.fingerprint import digest, file_digest
+
+    content = file_digest(job.source)
+    return digest({"pixels": options.pixel_key(), "source": content}) if content else ""
 
 
 def convert_one(job: ConvertJob, options: ConvertOptions) -> dict:
@@ -142,8 +141,8 @@ def convert_one(job: ConvertJob, options: ConvertOptions) -> dict:
     from pipeline import dicom, imaging
     from pipeline.io import write_bytes_atomic
 
-    # Stat before reading: if the source changes while it is read, the recorded (older) mtime will
-    # not match next time and the image is converted again rather than kept stale.
+    # Digest before reading: if the source changes while it is read, the recorded (older) digest
+    # will not match next time and the image is converted again rather than kept stale.
     fingerprint = job_fingerprint(job, options)
 
     def target(height: int, width: int) -> tuple[int, int]:
@@ -151,9 +150,8 @@ def convert_one(job: ConvertJob, options: ConvertOptions) -> dict:
 
     img = dicom.read_image(job.source, voi_lut=options.voi_lut, percentiles=options.percentiles,
                            target_shape=target, fast_decode=options.fast_decode,
-                           decode_slack=options.decode_slack)
-    out_shape = imaging.output_shape(img.height, img.width, options.size, options.square)
-    pixels = imaging.resize(img.pixels, out_shape)
+                           decode_slack=options.decode_slack, multiframe=options.multiframe)
+    pixels = imaging.resize(img.pixels, target(img.height, img.width))
     pixels = imaging.quantise(pixels, options.bits)
     mapping = img.mapping
     if options.denoise:
@@ -168,7 +166,7 @@ def convert_one(job: ConvertJob, options: ConvertOptions) -> dict:
         "photometric": img.photometric, "bits_stored": img.bits_stored,
         "transfer_syntax": img.transfer_syntax, "source": str(job.source), "mapping": mapping,
         "inverted": bool(img.inverted), "clahe": options.clahe_label, "decode_reduce": int(img.decode_reduce),
-        "fingerprint": fingerprint,
+        "fingerprint": fingerprint, "decoder": img.decoder, "notes": "; ".join(img.notes),
     }
 
 
@@ -180,15 +178,26 @@ def _work(args: tuple[ConvertJob, ConvertOptions]) -> tuple[str, dict]:
     except DataError as exc:
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001  one bad file must not stop the batch
-        reason = f"{type(exc).__name__}: {exc}"
-    reason = " ".join(reason.split())[:500]  # one line, bounded
+        reason = (f"{job.source}: unexpected failure while converting ({str(exc).strip() or 'no message'}); "
+                  f"please report it with the file")
+    reason = " ".join(reason.split())[:700]  # one line, bounded
     return "fail", {"image_id": job.image_id, "split": job.split, "source": str(job.source), "reason": reason}
 
 
-def _init_worker() -> None:
+def _init_worker(cache_dir: Path | None) -> None:
     import cv2
 
+    from pipeline import fingerprint
+
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
+    fingerprint.set_cache_dir(cache_dir)  # a spawned process starts without the parent's setting
+
+
+def _digest_cache_dir() -> Path | None:
+    """The digest cache folder this process uses, handed to spawned workers."""
+    from pipeline import fingerprint
+
+    return fingerprint.cache_dir()
 
 
 def convert_images(
@@ -198,12 +207,15 @@ def convert_images(
     force: bool = False,
     previous_meta: pd.DataFrame | None = None,
     progress: bool = True,
+    journal: Path | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Convert ``jobs``; returns (meta, failures) with the columns of docs/DESIGN.md.
 
     ``meta`` has one row per converted or skipped image in job order (skipped ones carry their
-    ``previous_meta`` row); ``failures`` one row per file that could not be converted.
-    ``workers`` <= 0 means all cores.
+    ``previous_meta`` row, with ``source`` updated to where the file is now); ``failures`` one row per
+    file that could not be converted. ``workers`` <= 0 means all cores. ``journal``: a file where
+    finished rows are appended as they finish and read back by the next call (resume after a kill);
+    removed when this call returns normally.
     """
     import pandas as pd
 
@@ -215,14 +227,16 @@ def convert_images(
             raise DataError(f"image id {job.image_id!r} (split {job.split}) appears twice: {seen[key]} and "
                             f"{job.source}; image ids must be unique within a split")
         seen[key] = job.source
-    done = _previous_rows(previous_meta)
+    record = Journal(journal)
+    done = {**previous_rows(previous_meta), **record.rows()}
+    remove_stale_temporaries([job.dest for job in jobs])
     rows: dict[int, dict] = {}
     todo: list[tuple[int, ConvertJob]] = []
     for i, (job, redo) in enumerate(zip(jobs, _needs(jobs, options, done, force))):
         if redo:
             todo.append((i, job))
         else:
-            rows[i] = done[(job.split, job.image_id)]
+            rows[i] = {**done[(job.split, job.image_id)], "source": str(job.source)}
 
     failures: list[dict] = []
     workers = max(1, min(resolve_workers(workers, "workers"), len(todo)))
@@ -230,19 +244,19 @@ def convert_images(
     try:
         if workers == 1:
             # single process: keep OpenCV's threads (nothing else in this process to oversubscribe)
-            results = ((i, _work((job, options))) for i, job in todo)
-            for i, (status, row) in results:
-                _collect(i, status, row, rows, failures, bar)
+            for i, job in todo:
+                _collect(i, *_work((job, options)), rows, failures, bar, record)
         else:
             ctx = mp.get_context("spawn")  # safe with threads (OpenCV, torch) in the parent
             chunk = max(1, min(8, len(todo) // (workers * 4)))
-            with ctx.Pool(workers, initializer=_init_worker) as pool:
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(_digest_cache_dir(),)) as pool:
                 args = [((i, job), options) for i, job in todo]
                 for i, (status, row) in pool.imap_unordered(_indexed_work, args, chunksize=chunk):
-                    _collect(i, status, row, rows, failures, bar)
+                    _collect(i, status, row, rows, failures, bar, record)
     finally:
         if bar is not None:
             bar.close()
+        record.close(remove=False)
     # A job that was (re)converted and failed must not leave its earlier PNG behind: that PNG was
     # made from other options or another version of the source, and meta.csv no longer lists it.
     by_key = {(job.split, job.image_id): job for _, job in todo}
@@ -251,11 +265,23 @@ def convert_images(
         if job is not None:
             job.dest.unlink(missing_ok=True)
 
-    meta = pd.DataFrame([rows[i] for i in sorted(rows)], columns=META_COLUMNS)
-    meta = _meta_types(meta)
+    meta = meta_types(pd.DataFrame([rows[i] for i in sorted(rows)], columns=META_COLUMNS))
     order = {job.image_id: i for i, job in enumerate(jobs)}
     failures.sort(key=lambda r: order.get(r["image_id"], 0))
+    record.close(remove=True)
     return meta, pd.DataFrame(failures, columns=FAILURE_COLUMNS)
+
+
+def with_journal(previous_meta: pd.DataFrame | None, journal: Path | None) -> pd.DataFrame | None:
+    """``previous_meta`` plus the rows a killed batch left in ``journal`` (theirs win): what
+    ``convert_images(..., journal=journal)`` will treat as done, for counting skips beforehand."""
+    import pandas as pd
+
+    resumed = Journal(journal).rows()
+    if not resumed:
+        return previous_meta
+    rows = {**previous_rows(previous_meta), **resumed}
+    return meta_types(pd.DataFrame(list(rows.values()), columns=META_COLUMNS))
 
 
 def _indexed_work(args):
@@ -272,22 +298,27 @@ def needs_conversion(
     """For each job, whether ``convert_images`` would (re)convert it (True) or keep its earlier
     PNG and ``previous_meta`` row (False: PNG present and the row's fingerprint matches)."""
     jobs = list(jobs)
-    return _needs(jobs, options, _previous_rows(previous_meta), force)
+    return _needs(jobs, options, previous_rows(previous_meta), force)
 
 
 def _needs(jobs: list[ConvertJob], options: ConvertOptions, done: dict, force: bool) -> list[bool]:
+    """The skip rule per job. The source's content digest is computed only for a job that has a
+    record and a PNG: every other job is converted anyway, and its worker computes the digest."""
+    from pipeline.work import is_current
+
     out = []
     for job in jobs:
         prev = done.get((job.split, job.image_id))
-        keep = (not force and prev is not None and job.dest.is_file()
-                and bool(prev.get("fingerprint")) and prev["fingerprint"] == job_fingerprint(job, options))
+        keep = (not force and prev is not None and bool(prev.get("fingerprint")) and job.dest.is_file()
+                and is_current(prev["fingerprint"], job_fingerprint(job, options), [job.dest]))
         out.append(not keep)
     return out
 
 
-def _collect(i: int, status: str, row: dict, rows: dict, failures: list, bar) -> None:
+def _collect(i: int, status: str, row: dict, rows: dict, failures: list, bar, record: Journal) -> None:
     if status == "ok":
         rows[i] = row
+        record.add(row)
     else:
         failures.append(row)
         if bar is not None:
@@ -304,66 +335,5 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="images", unit="img", dynamic_ncols=True)
 
 
-def _previous_rows(previous_meta: pd.DataFrame | None) -> dict[tuple[str, str], dict]:
-    if previous_meta is None or len(previous_meta) == 0:
-        return {}
-    missing = [c for c in ("image_id", "split") if c not in previous_meta.columns]
-    if missing:
-        raise DataError(f"previous meta table lacks columns {missing}; expected {META_COLUMNS}")
-    out = {}
-    for rec in previous_meta.to_dict("records"):
-        row = {c: rec.get(c) for c in META_COLUMNS}
-        fp = row["fingerprint"]  # None (older table) or NaN never matches: that image is converted again
-        row["fingerprint"] = fp if isinstance(fp, str) else ""
-        out[(str(row["split"]), str(row["image_id"]))] = row
-    return out
-
-
-def _meta_types(meta: pd.DataFrame) -> pd.DataFrame:
-    """Stable dtypes whether rows came from this run or from a CSV read back (resume)."""
-    import pandas as pd
-
-    meta = meta.copy()
-    for col in ("height", "width", "out_height", "out_width", "bits_stored", "decode_reduce"):
-        meta[col] = pd.to_numeric(meta[col]).astype("int64") if len(meta) else meta[col].astype("int64")
-    meta["inverted"] = meta["inverted"].map(_to_bool).astype(bool) if len(meta) else meta["inverted"].astype(bool)
-    if "fingerprint" not in meta.columns:  # a table written before the column existed
-        meta["fingerprint"] = ""
-    meta["fingerprint"] = meta["fingerprint"].fillna("")
-    for col in ("image_id", "split", "photometric", "transfer_syntax", "source", "mapping", "clahe", "fingerprint"):
-        meta[col] = meta[col].astype(str)
-    return meta
-
-
-def _to_bool(v) -> bool:
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    return str(v).strip().lower() in ("true", "1", "yes")
-
-
-def read_meta(path: Path) -> pd.DataFrame | None:
-    """A previous ``meta.csv`` for resuming, or None when absent; ids and splits read as strings.
-
-    A table from an older version without the ``fingerprint`` column is accepted: its fingerprints
-    read as "", so each of its images is converted again on the next run."""
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        return None
-    # keep_default_na=False: an empty split (dicom2png) or an id like "NA" stays a string
-    # fingerprint as str: an all-digit hash would otherwise read as a number ("1e5..." as a float)
-    meta = pd.read_csv(path, dtype={"image_id": str, "split": str, "transfer_syntax": str, "clahe": str,
-                                    "fingerprint": str}, keep_default_na=False)
-    if "fingerprint" not in meta.columns:
-        meta["fingerprint"] = ""
-    missing = [c for c in META_COLUMNS if c not in meta.columns]
-    if missing:
-        raise DataError(f"{path}: not a conversion meta table (missing columns {missing}); "
-                        f"delete it or pass --force")
-    return _meta_types(meta[META_COLUMNS])
-
-
 __all__ = ["ConvertOptions", "ConvertJob", "convert_images", "convert_one", "read_meta", "job_fingerprint",
-           "needs_conversion",
-           "META_COLUMNS", "FAILURE_COLUMNS"]
+           "needs_conversion", "with_journal", "META_COLUMNS", "FAILURE_COLUMNS", "PIXEL_METHOD"]

@@ -54,6 +54,11 @@ def set_cache_dir(folder: str | Path | None) -> None:
             _cache_dir = new
 
 
+def cache_dir() -> Path | None:
+    """The folder digests are cached in (for worker processes, which start without the setting)."""
+    return _cache_dir
+
+
 def _close() -> None:
     global _conn
     if _conn is not None:
@@ -75,6 +80,7 @@ def _db() -> sqlite3.Connection | None:
         _cache_dir.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(_cache_dir / "hashes.sqlite"), timeout=30, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # a lost entry after a power cut only costs a re-read
         conn.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
                      " inode INTEGER, digest TEXT)")
     except (OSError, sqlite3.Error):

@@ -59,7 +59,9 @@ def quantise(unit: np.ndarray, bits: int) -> np.ndarray:
         top, dtype = 65535.0, np.uint16
     else:
         raise ValueError(f"bits must be 8 or 16, got {bits}")
-    scaled = np.clip(unit, 0.0, 1.0) * np.float32(top) + np.float32(0.5)
+    scaled = np.clip(unit, 0.0, 1.0)  # a new array: scaled in place (the same values, two copies fewer)
+    scaled *= np.float32(top)
+    scaled += np.float32(0.5)
     return scaled.astype(dtype)
 
 
@@ -94,10 +96,23 @@ def denoise(img: np.ndarray, strength: float = 3.0) -> np.ndarray:
 
 
 def encode_png(img: np.ndarray, compression: int = 1) -> bytes:
-    """PNG bytes of a uint8/uint16 greyscale image (zlib level 1: ~3x faster than 6, ~10% larger)."""
+    """PNG bytes of a uint8/uint16 greyscale image (lossless whatever ``compression``).
+
+    ``compression`` 1 (default): the "Up" row filter and Huffman-only deflate. Measured on the real
+    VinBigData images at 512 and 1024 px (docs/notes/dicom.md): 40% less encoding time than zlib
+    level 1 with libpng's adaptive filters, files 10% smaller, and faster to decode; radiograph noise
+    leaves LZ77 little to find. 0: stored, no compression (2.3x larger files); 2..9: that zlib level
+    with adaptive filters (slowest, smallest).
+    """
     import cv2
 
-    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
+    level = int(compression)
+    if level == 1:
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+                  cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+    else:
+        params = [cv2.IMWRITE_PNG_COMPRESSION, level]
+    ok, buf = cv2.imencode(".png", img, params)
     if not ok:
         raise ValueError("PNG encoding failed")
     return buf.tobytes()

@@ -111,8 +111,9 @@ def build_bad_files(real_dir, tmp_path) -> dict[str, Path]:
 
     save("short", short)
 
-    def rgb(ds):
-        _native(ds, np.dstack([good.pixel_array] * 3))
+    def rgb(ds):  # true colour: the channels differ (a grey image stored as RGB converts: test_dicom_colour)
+        grey = good.pixel_array
+        _native(ds, np.dstack([grey, grey // 2, 255 - grey]))
         ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
 
     save("rgb", rgb)
@@ -229,7 +230,7 @@ def test_fingerprint_tracks_pixel_options_only(real_dir):
     assert job_fingerprint(job, ConvertOptions()) == base  # deterministic
     changed = [dict(size=512), dict(square=True), dict(bits=16), dict(voi_lut="off"), dict(percentiles=(1, 99)),
                dict(clahe=False), dict(clahe_clip=3.0), dict(clahe_grid=4), dict(denoise=True),
-               dict(fast_decode=False), dict(decode_slack=0.2)]
+               dict(fast_decode=False), dict(decode_slack=0.2), dict(multiframe="first")]
     fps = {job_fingerprint(job, ConvertOptions(**kw)) for kw in changed}
     assert len(fps) == len(changed) and base not in fps
     # lossless PNG compression, and knobs of a disabled step, do not change the pixels
@@ -238,9 +239,74 @@ def test_fingerprint_tracks_pixel_options_only(real_dir):
     off = job_fingerprint(job, ConvertOptions(clahe=False))
     assert job_fingerprint(job, ConvertOptions(clahe=False, clahe_clip=4.0, clahe_grid=2)) == off
     assert job_fingerprint(ConvertJob("b", "train", real_dir / "missing.dcm", Path("x.png")), ConvertOptions()) == ""
+    # the source's content counts, not its name or place: another job reading the same bytes agrees
+    other = ConvertJob("c", "test", real_dir / "dicom/header_modified/Fake_MONOHR1.dcm", Path("y.png"))
+    assert job_fingerprint(other, ConvertOptions()) != base
 
 
-def test_changed_source_file_reconverts(real_dir, tmp_path, monkeypatch):
+@pytest.fixture
+def digest_cache(tmp_path):
+    """The content-digest cache in tmp_path for this test (as the runner / dicom2png set it), then none."""
+    from pipeline import fingerprint
+
+    fingerprint.set_cache_dir(tmp_path / ".cache")
+    yield tmp_path / ".cache"
+    fingerprint.set_cache_dir(None)
+
+
+def _dataset(real_dir, folder: Path) -> list[Path]:
+    """Three real sources (two DICOMs, one PNG) copied into ``folder``."""
+    folder.mkdir(parents=True)
+    out = []
+    for src in (real_dir / SIIM, real_dir / "dicom/header_modified/Fake_MONOHR1.dcm",
+                real_dir / "chestxray14/images/00000001_000.png"):
+        dest = folder / (f"img{len(out)}" + src.suffix)
+        dest.write_bytes(src.read_bytes())
+        out.append(dest)
+    return out
+
+
+def test_skip_rule_is_content_not_mtime_or_path(real_dir, tmp_path, monkeypatch, digest_cache):
+    sources = _dataset(real_dir, tmp_path / "data")
+    out = tmp_path / "out"
+    opts = ConvertOptions(size=128)
+    meta1, _ = convert_images(jobs_for(sources, out), opts, progress=False)
+    pngs = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    calls = _count_calls(monkeypatch)
+
+    # touch every source: same bytes, new mtimes -> nothing converted, the same fingerprints
+    for src in sources:
+        st = src.stat()
+        os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    assert needs_conversion(jobs_for(sources, out), opts, meta1) == [False] * 3
+    meta2, _ = convert_images(jobs_for(sources, out), opts, previous_meta=meta1, progress=False)
+    assert calls == []
+    pd.testing.assert_frame_equal(meta2, meta1)
+
+    # the dataset copied to another folder (as to a cluster's scratch disk): nothing converted,
+    # and the kept rows name where the sources are now
+    moved = tmp_path / "elsewhere" / "data"
+    moved.parent.mkdir()
+    os.rename(tmp_path / "data", moved)
+    new_sources = [moved / p.name for p in sources]
+    meta3, _ = convert_images(jobs_for(new_sources, out), opts, previous_meta=meta2, progress=False)
+    assert calls == []
+    assert list(meta3["source"]) == [str(p) for p in new_sources]
+    assert (meta3["fingerprint"] == meta1["fingerprint"]).all()
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == pngs
+
+    # one file's bytes changed (a header edit, pixels the same): exactly that image is converted again
+    ds = pydicom.dcmread(new_sources[0])
+    ds.ImageComments = "edited"
+    ds.save_as(new_sources[0])
+    assert needs_conversion(jobs_for(new_sources, out), opts, meta3) == [True, False, False]
+    meta4, _ = convert_images(jobs_for(new_sources, out), opts, previous_meta=meta3, progress=False)
+    assert calls == ["img0"]
+    assert meta4["fingerprint"].iloc[0] != meta3["fingerprint"].iloc[0]
+    assert (meta4["fingerprint"].iloc[1:] == meta3["fingerprint"].iloc[1:]).all()
+
+
+def test_changed_source_file_reconverts(real_dir, tmp_path, monkeypatch, digest_cache):
     src = tmp_path / "src" / "img.dcm"
     src.parent.mkdir()
     src.write_bytes((real_dir / SIIM).read_bytes())
@@ -249,28 +315,49 @@ def test_changed_source_file_reconverts(real_dir, tmp_path, monkeypatch):
     meta1, _ = convert_images(jobs, opts, progress=False)
     calls = _count_calls(monkeypatch)
 
-    # same bytes, new mtime (e.g. the file was re-downloaded): converted again
-    st = src.stat()
-    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
-    meta2, _ = convert_images(jobs, opts, previous_meta=meta1, progress=False)
-    assert calls == ["img"] and meta2["fingerprint"].item() != meta1["fingerprint"].item()
-
-    # other content with a different size but the recorded mtime put back: converted again
-    mtime, size = src.stat().st_mtime_ns, src.stat().st_size
+    # other content with the recorded mtime put back: converted again (the content decides)
+    mtime = src.stat().st_mtime_ns
     other = pydicom.dcmread(real_dir / "dicom/header_modified/Fake_MONOHR1.dcm")
     other.ImageComments = "edited copy"  # the two real files happen to be the same size
     other.save_as(src)
-    assert src.stat().st_size != size
     os.utime(src, ns=(mtime, mtime))
-    calls.clear()
-    meta3, _ = convert_images(jobs, opts, previous_meta=meta2, progress=False)
-    assert calls == ["img"] and meta3["photometric"].item() == "MONOCHROME1" != meta2["photometric"].item()
+    meta2, _ = convert_images(jobs, opts, previous_meta=meta1, progress=False)
+    assert calls == ["img"] and meta2["photometric"].item() == "MONOCHROME1" != meta1["photometric"].item()
 
     # a source that is now broken: reported, and its stale PNG is removed rather than left for training
     src.write_bytes(b"")
-    meta4, failures = convert_images(jobs, opts, previous_meta=meta3, progress=False)
-    assert meta4.empty and list(failures["image_id"]) == ["img"]
+    meta3, failures = convert_images(jobs, opts, previous_meta=meta2, progress=False)
+    assert meta3.empty and list(failures["image_id"]) == ["img"]
     assert not jobs[0].dest.exists()
+
+
+def test_journal_resumes_a_killed_batch_and_stale_temporaries_go(real_dir, tmp_path, monkeypatch, digest_cache):
+    from pipeline.convert_records import Journal
+
+    sources = _dataset(real_dir, tmp_path / "data")
+    out, journal = tmp_path / "out", tmp_path / "out" / ".journal.jsonl"
+    opts = ConvertOptions(size=128)
+    ref, _ = convert_images(jobs_for(sources, tmp_path / "ref"), opts, progress=False)
+    # what a batch killed after its first image leaves: that image's PNG and journal line, a line cut
+    # short by the kill, and the temporary file of the image it was writing
+    jobs = jobs_for(sources, out)
+    first, _ = convert_images(jobs[:1], opts, progress=False)
+    rec = Journal(journal)
+    rec.add(first.iloc[0].to_dict())
+    rec.close(remove=False)
+    with open(journal, "a") as fh:
+        fh.write('{"image_id": "img1", "spl')
+    (out / ".img1.png.k3j2x9ab.tmp.png").write_bytes(b"\x89PNG partial")
+    (out / ".unrelated.tmp").write_bytes(b"not ours")
+
+    calls = _count_calls(monkeypatch)
+    meta, failures = convert_images(jobs, opts, progress=False, journal=journal)
+    assert failures.empty and calls == ["img1", "img2"]  # img0 came back from the journal
+    pd.testing.assert_frame_equal(meta, ref.assign(source=[str(p) for p in sources]))
+    assert not journal.exists()  # a finished batch leaves no journal
+    assert sorted(p.name for p in out.iterdir()) == [".unrelated.tmp", "img0.png", "img1.png", "img2.png"]
+    for p in out.glob("img*.png"):
+        assert p.read_bytes() == (tmp_path / "ref" / p.name).read_bytes()
 
 
 def test_meta_without_fingerprint_still_reads_and_reconverts(real_dir, tmp_path, monkeypatch):
@@ -310,7 +397,7 @@ def test_options_from_config_and_errors():
         ConvertOptions(bits=12)
 
 
-def test_dicom2png_cli(real_dir, tmp_path, capsys):
+def test_dicom2png_cli(real_dir, tmp_path, capsys, digest_cache):
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "siim_noext").write_bytes((real_dir / SIIM).read_bytes())  # DICOM without extension
@@ -331,10 +418,43 @@ def test_dicom2png_cli(real_dir, tmp_path, capsys):
     assert list(pd.read_csv(out / "failures.csv")["image_id"]) == ["broken"]
     assert len(read_meta(out / "meta.csv")) == 2
 
+    # the same name in a sub-folder goes to the same sub-folder of --out (series folders often repeat names)
+    (inputs / "broken.dcm").unlink()
     (inputs / "sub").mkdir()
     (inputs / "sub" / "00000001_000.png").write_bytes(png.read_bytes())
+    assert dicom2png.main(argv) == 0
+    assert "1 converted, 2 skipped" in capsys.readouterr().out
+    assert (out / "sub" / "00000001_000.png").is_file()
+    meta = read_meta(out / "meta.csv")
+    assert sorted(zip(meta["split"], meta["image_id"])) == [("", "00000001_000"), ("", "siim_noext"),
+                                                            ("sub", "00000001_000")]
+    # two input folders holding the same relative name would write one PNG: an error naming both
+    twin = tmp_path / "twin"
+    (twin / "sub").mkdir(parents=True)
+    (twin / "sub" / "00000001_000.png").write_bytes(png.read_bytes())
     with pytest.raises(DataError, match="both write"):
-        dicom2png.main(argv)
+        dicom2png.main([str(inputs), str(twin), "--out", str(out), "--quiet"])
     from pipeline.__main__ import main as cli
 
-    assert cli(["dicom2png", *argv]) == 2  # the CLI turns the DataError into "error: ..." and exit 2
+    assert cli(["dicom2png", str(inputs), str(twin), "--out", str(out), "--quiet"]) == 2  # "error: ...", exit 2
+
+
+def test_dicom2png_touch_and_copy_convert_nothing(real_dir, tmp_path, capsys, digest_cache):
+    sources = _dataset(real_dir, tmp_path / "data")
+    out = tmp_path / "out"
+    assert dicom2png.main([str(tmp_path / "data"), "--out", str(out), "--size", "96", "--quiet"]) == 0
+    assert "3 converted, 0 skipped" in capsys.readouterr().out
+    assert (out / ".cache" / "hashes.sqlite").is_file()  # the tool keeps its digest cache in --out
+    pngs = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    for src in sources:
+        os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 7_000_000_000))
+    assert dicom2png.main([str(tmp_path / "data"), "--out", str(out), "--size", "96", "--quiet"]) == 0
+    assert "0 converted, 3 skipped" in capsys.readouterr().out
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for src in sources:
+        (copy / src.name).write_bytes(src.read_bytes())
+    assert dicom2png.main([str(copy), "--out", str(out), "--size", "96", "--quiet"]) == 0
+    assert "0 converted, 3 skipped" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == pngs  # not even rewritten
+    assert set(read_meta(out / "meta.csv")["source"]) == {str(copy / s.name) for s in sources}

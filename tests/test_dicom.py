@@ -151,3 +151,13 @@ def test_resize_quantise_clahe():
     assert abs(float((e16 >> 8).std()) - float(e8.std())) < 1.0
     png = imaging.encode_png(e16)
     assert cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+
+
+def test_split_modules_keep_the_old_names_importable():
+    """pipeline.dicom was split (dicom_header, dicom_decode, j2k, intensity); its public names still work."""
+    from pipeline import intensity, j2k
+    from pipeline.dicom import (DEFAULT_PERCENTILES, J2KInfo, apply_modality, choose_reduce, dicom_shape,  # noqa: F401
+                                j2k_codestream_info, map_to_unit, read_dicom, read_image, read_png, robust_range,
+                                scale_to_unit, window_to_unit)
+
+    assert j2k_codestream_info is j2k.j2k_codestream_info and map_to_unit is intensity.map_to_unit

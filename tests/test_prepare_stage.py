@@ -1,8 +1,6 @@
 """The prepare stage end to end on a small synthetic VinBigData dataset (DICOMs in the Kaggle layout)."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -100,20 +98,29 @@ def test_prepare_demo_end_to_end(tmp_path, capsys):
     assert read_csv(paths.failures_csv).empty
     check_outputs(paths)
 
-    # a second run with the same config is skipped
+    # a second run with the same config converts nothing
     mtimes = {p: p.stat().st_mtime_ns for p in paths.images_dir("train").glob("*.png")}
-    assert run_stage("prepare", cfg)["skipped"] is True
-    # rerun for real (marker gone, e.g. after a crash): converted images are not converted again
-    paths.done_marker("prepare").unlink()
     capsys.readouterr()
-    assert run_stage("prepare", cfg)["n_train"] == 12
+    again = run_stage("prepare", cfg)
+    assert again["skipped"] is True and again["n_train"] == 12
     assert "16 converted earlier: skipped" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in paths.images_dir("train").glob("*.png")} == mtimes
     check_outputs(paths)
+    # touching every source, or copying the dataset elsewhere and pointing data.root there, converts nothing
+    import os
+    import shutil
+
+    for src in (tmp_path / "data").rglob("*"):
+        if src.is_file():
+            os.utime(src, ns=(0, src.stat().st_mtime_ns + 10**9))
+    assert run_stage("prepare", cfg)["n_converted"] == 0
+    shutil.copytree(tmp_path / "data", tmp_path / "elsewhere")
+    moved = load_config(CONFIG_DIR / "demo.yaml", {**overrides(tmp_path), "data.root": str(tmp_path / "elsewhere")})
+    assert run_stage("prepare", moved)["n_converted"] == 0
+    assert {p: p.stat().st_mtime_ns for p in paths.images_dir("train").glob("*.png")} == mtimes
 
     # a broken DICOM: the good images are all written, then the stage fails naming failures.csv
     break_one_dicom(tmp_path / "data")
-    paths.done_marker("prepare").unlink()  # the marker tracks the config, not the data: new data needs a rerun
     with pytest.raises(PipelineError, match=r"1 of 17 image\(s\) could not be converted.*failures\.csv"):
         run_stage("prepare", cfg)
     failures = read_csv(paths.failures_csv)
@@ -125,7 +132,6 @@ def test_prepare_demo_end_to_end(tmp_path, capsys):
     assert not paths.label("train", "broken0001").exists()
     assert "broken0001" in set(read_csv(paths.images_csv)["image_id"])
     assert "broken0001" in set(pd.read_csv(paths.boxes_csv)["image_id"])  # the truth is complete
-    assert not paths.done_marker("prepare").exists()  # not marked finished
 
 
 def test_prepare_cli_exits_nonzero_on_a_broken_image(tmp_path, capsys):
@@ -135,19 +141,17 @@ def test_prepare_cli_exits_nonzero_on_a_broken_image(tmp_path, capsys):
     args = [a.replace("demo_n_train=12", "demo_n_train=3").replace("demo_n_test=4", "demo_n_test=1") for a in args]
     assert main(args) == 0
     break_one_dicom(tmp_path / "data")
-    marker = tmp_path / "runs" / "demo" / ".done" / "prepare.json"
-    marker.unlink()  # the marker tracks the config, not the data: new data needs a rerun
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "broken0001" in err and "failures.csv" in err
-    assert not marker.exists()
-    # after removing the broken file and its rows, the stage finishes and is marked done
+    # after removing the broken file and its rows, the stage finishes
     (tmp_path / "data" / "train" / "broken0001.dicom").unlink()
     csv = tmp_path / "data" / "train.csv"
     csv.write_text("".join(ln for ln in csv.read_text().splitlines(True) if not ln.startswith("broken0001")))
+    capsys.readouterr()
     assert main(args) == 0
-    assert json.loads(marker.read_text())["summary"]["n_failures"] == 0
+    assert "0 image(s)" in capsys.readouterr().out and read_csv(tmp_path / "runs" / "demo" / "failures.csv").empty
 
 
 def test_prepare_rerun_with_other_image_size_rewrites_pngs(tmp_path, capsys):

@@ -83,7 +83,8 @@ def _screen(cfg, paths, ds):
 
 
 def run(cfg, paths) -> dict:
-    from pipeline.convert import ConvertJob, ConvertOptions, convert_images, needs_conversion, read_meta
+    from pipeline.convert import (ConvertJob, ConvertOptions, convert_images, needs_conversion, read_meta,
+                                  with_journal)
     from pipeline.labels import dataset_yaml, fuse_annotations, write_yolo_labels
     from pipeline.roles import describe_roles, detection_roles
     from pipeline.sources import load_dataset
@@ -106,7 +107,8 @@ def run(cfg, paths) -> dict:
     # --- images ----------------------------------------------------------------------------------
     jobs = [ConvertJob(i, s, Path(src), paths.image(s, i))
             for i, s, src in zip(images["image_id"], images["split"], images["source"])]
-    previous = None if cfg.run.force else read_meta(paths.meta_csv)
+    # meta.csv plus the journal a killed prepare left (the images it finished before the kill)
+    previous = None if cfg.run.force else with_journal(read_meta(paths.meta_csv), paths.meta_journal)
     # Skipped: PNG present and its meta row's fingerprint matches these image.* options and the source
     # file's size/mtime; a PNG made with another image.size/clahe/... or from an edited file is redone.
     n_skip = len(jobs) - sum(needs_conversion(jobs, options, previous, force=bool(cfg.run.force)))
@@ -115,6 +117,7 @@ def run(cfg, paths) -> dict:
           + (f"; {n_skip} converted earlier: skipped" if n_skip else ""))
     t0 = time.perf_counter()
     meta, failures = convert_images(jobs, options, workers=workers, force=bool(cfg.run.force),
+                                    journal=paths.meta_journal,
                                     previous_meta=previous)
     t_convert = time.perf_counter() - t0
     write_csv_atomic(meta, paths.meta_csv)
@@ -144,7 +147,7 @@ def run(cfg, paths) -> dict:
     for line in describe_roles(roles):
         print(f"[prepare] detector images, {line}")
     n_per_split = meta["split"].value_counts().to_dict()
-    print(f"[prepare] {int(finding.sum())} {cfg.labels.fuse} boxes from {int(ds.annotations['x_min'].notna().sum())} "
+    print(f"[prepare] {int(finding.sum())} boxes (labels.fuse={cfg.labels.fuse}) from {int(ds.annotations['x_min'].notna().sum())} "
           f"drawn; {n_labels} label files; convert {t_convert:.1f} s, labels {t_labels:.1f} s")
 
     summary = {

@@ -1,9 +1,14 @@
 """``python -m pipeline dicom2png INPUT... --out DIR``: convert DICOM/PNG files or folders to PNGs.
 
-Writes ``DIR/<stem>.png``, ``DIR/meta.csv`` and ``DIR/failures.csv`` (always, possibly empty).
+Writes ``DIR/<stem>.png`` (``DIR/<sub-folder>/<stem>.png`` for files in sub-folders of an input folder,
+whose meta ``split`` is that sub-folder), ``DIR/meta.csv`` and ``DIR/failures.csv`` (always, possibly empty).
 Folders are searched recursively for ``*.dicom``, ``*.dcm``, ``*.png`` and extension-less files that
-are DICOM (``DICM`` at byte 128). A second run skips images already done (``DIR/meta.csv`` is the
-record); ``--force`` redoes them. Exit status: 0 when everything converted, 1 when any file failed.
+are DICOM (``DICM`` at byte 128, or a DICOM data element at byte 0 for files without the preamble);
+other files found there are counted and named in the summary, not converted. A second run skips images
+whose PNG exists and whose source content and pixel options are unchanged (``DIR/meta.csv`` is the
+record; content digests are cached in ``DIR/.cache``); ``--force`` redoes them. A killed run resumes:
+finished images are journalled in ``DIR/.meta-journal.jsonl`` until meta.csv is written. Exit status:
+0 when everything converted, 1 when any file failed.
 
 Defaults come from the ``image:`` section of configs/default.yaml; flags override them.
 """
@@ -18,9 +23,13 @@ from pipeline.errors import DataError
 
 EXTENSIONS = (".dicom", ".dcm", ".png")
 OUTPUT_NAMES = ("meta.csv", "failures.csv")
+CACHE_DIR = ".cache"                   # content-digest cache (pipeline.fingerprint), safe to delete
+JOURNAL_NAME = ".meta-journal.jsonl"   # rows of finished images until meta.csv is written
 
 
 def _is_dicom_without_extension(path: Path) -> bool:
+    from pipeline.dicom_header import looks_like_dicom
+
     if path.suffix:
         return False
     try:
@@ -28,24 +37,51 @@ def _is_dicom_without_extension(path: Path) -> bool:
             head = fh.read(132)
     except OSError:
         return False
-    return head[128:132] == b"DICM"
+    return looks_like_dicom(head)
 
 
-def collect_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files named directly (any name) plus the images found under named folders, sorted per folder."""
-    found: list[Path] = []
+def collect_inputs(inputs: list[str | Path], ignored: list[Path] | None = None) -> list[Path]:
+    """Files named directly (any name) plus the images found under named folders, sorted per folder.
+    Other files under those folders are appended to ``ignored`` when a list is given."""
+    return [src for src, _ in collect_sources(inputs, ignored)]
+
+
+def collect_sources(inputs: list[str | Path], ignored: list[Path] | None = None) -> list[tuple[Path, str]]:
+    """(file, sub-folder) pairs: the sub-folder (posix, "" at the top) of each file below the input
+    folder it was found in, so that ``a/IM0001`` and ``b/IM0001`` stay apart; "" for files named directly."""
+    found: list[tuple[Path, str]] = []
     for item in inputs:
         path = Path(item)
         if path.is_file():
-            found.append(path)
+            found.append((path, ""))
         elif path.is_dir():
             for p in sorted(path.rglob("*")):
-                if p.is_file() and not p.name.startswith(".") and (
-                        p.suffix.lower() in EXTENSIONS or _is_dicom_without_extension(p)):
-                    found.append(p)
+                if not p.is_file() or any(part.startswith(".") for part in p.relative_to(path).parts):
+                    continue
+                if p.suffix.lower() in EXTENSIONS or _is_dicom_without_extension(p):
+                    found.append((p, "" if p.parent == path else p.parent.relative_to(path).as_posix()))
+                elif ignored is not None:
+                    ignored.append(p)
         else:
             raise DataError(f"input {path} does not exist; give DICOM/PNG files or folders")
     return found
+
+
+def plan_jobs(sources: list[tuple[Path, str]], out: Path):
+    """One ConvertJob per source: ``out/<sub-folder>/<stem>.png``, split = sub-folder; clashes are errors."""
+    from pipeline.convert import ConvertJob
+
+    by_key: dict[tuple[str, str], Path] = {}
+    for src, sub in sources:
+        key = (sub, src.stem)
+        if key in by_key and by_key[key].resolve() != src.resolve():
+            dest = out / sub / f"{src.stem}.png"
+            raise DataError(f"two inputs would both write {dest}: {by_key[key]} and {src}; "
+                            f"rename one or convert them into different --out folders")
+        if not sub and src.stem in ("meta", "failures"):
+            raise DataError(f"{src}: the name {src.stem!r} would clash with {src.stem}.csv bookkeeping; rename it")
+        by_key.setdefault(key, src)
+    return [ConvertJob(stem, sub, src, out / sub / f"{stem}.png") for (sub, stem), src in by_key.items()]
 
 
 def build_parser(defaults) -> argparse.ArgumentParser:
@@ -58,6 +94,9 @@ def build_parser(defaults) -> argparse.ArgumentParser:
     clahe.add_argument("--clahe", dest="clahe", action="store_true", default=defaults.clahe, help="apply CLAHE (default)")
     clahe.add_argument("--no-clahe", dest="clahe", action="store_false", help="no CLAHE")
     p.add_argument("--bits", type=int, choices=(8, 16), default=defaults.bits, help=f"PNG bit depth; default {defaults.bits}")
+    p.add_argument("--multiframe", choices=("refuse", "first"), default=defaults.multiframe,
+                   help=f"multi-frame DICOMs: refuse them (listed in failures.csv) or convert their first frame; "
+                        f"default {defaults.multiframe}")
     p.add_argument("--workers", type=int, default=1, help="worker processes (0 = all cores); default 1")
     p.add_argument("--force", action="store_true", help="convert again even if done in a previous run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -65,37 +104,30 @@ def build_parser(defaults) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline import fingerprint
     from pipeline.config import load_config
-    from pipeline.convert import ConvertJob, ConvertOptions, convert_images, needs_conversion, read_meta
+    from pipeline.convert import ConvertOptions, convert_images, needs_conversion, read_meta, with_journal
     from pipeline.io import write_csv_atomic
 
     cfg_defaults = ConvertOptions.from_config(load_config().image)
     args = build_parser(cfg_defaults).parse_args(argv)
     options = ConvertOptions.from_config({**cfg_defaults.__dict__, "size": args.size, "square": args.square,
-                                          "clahe": args.clahe, "bits": args.bits})
-    sources = collect_inputs(args.inputs)
+                                          "clahe": args.clahe, "bits": args.bits, "multiframe": args.multiframe})
+    ignored: list[Path] = []
     out: Path = args.out
-    by_stem: dict[str, Path] = {}
-    for src in sources:
-        stem = src.stem
-        if stem in by_stem and by_stem[stem].resolve() != src.resolve():
-            raise DataError(f"two inputs would both write {out / (stem + '.png')}: {by_stem[stem]} and {src}; "
-                            f"rename one or convert them into different --out folders")
-        if stem in ("meta", "failures"):
-            raise DataError(f"{src}: the name {stem!r} would clash with {stem}.csv bookkeeping; rename it")
-        by_stem.setdefault(stem, src)
-    jobs = [ConvertJob(stem, "", src, out / f"{stem}.png") for stem, src in by_stem.items()]
+    jobs = plan_jobs(collect_sources(args.inputs, ignored), out)
+    fingerprint.set_cache_dir(out / CACHE_DIR)
 
     meta_path, failures_path = out / "meta.csv", out / "failures.csv"
-    previous = read_meta(meta_path)
+    previous = with_journal(read_meta(meta_path), out / JOURNAL_NAME)  # a killed run's finished images count
     skipped = 0 if args.force else len(jobs) - sum(needs_conversion(jobs, options, previous))
     meta, failures = convert_images(jobs, options, workers=args.workers, force=args.force,
-                                    previous_meta=previous, progress=not args.quiet)
+                                    previous_meta=previous, progress=not args.quiet, journal=out / JOURNAL_NAME)
     # Keep rows of earlier runs for images not named this time, so meta.csv describes the folder.
     if previous is not None:
-        others = previous[~previous["image_id"].isin(meta["image_id"])
-                          & ~previous["image_id"].isin(failures["image_id"])]
-        others = others[[(out / f"{i}.png").is_file() for i in others["image_id"]]]
+        named = {(j.split, j.image_id) for j in jobs}
+        others = previous[[(s, i) not in named and (out / s / f"{i}.png").is_file()
+                           for s, i in zip(previous["split"], previous["image_id"])]]
         meta = pd.concat([meta, others], ignore_index=True) if len(others) else meta
     out.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(meta, meta_path)
@@ -105,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dicom2png: {converted} converted, {skipped} skipped (already done), {len(failures)} failed "
           f"-> {out} (meta.csv, failures.csv)")
     for rec in failures.head(10).itertuples():
-        print(f"  failed: {rec.source}: {rec.reason}")
+        print(f"  failed: {rec.reason}")  # each reason starts with the file's path
     if len(failures) > 10:
         print(f"  ... {len(failures) - 10} more in {failures_path}")
+    if ignored:
+        shown = ", ".join(str(p) for p in ignored[:5])
+        print(f"  {len(ignored)} other file(s) in the input folders are neither .dcm/.dicom/.png nor DICOM, "
+              f"not converted: {shown}{' ...' if len(ignored) > 5 else ''}")
     return 1 if len(failures) else 0
