@@ -63,6 +63,9 @@ class ConvertOptions:
     denoise_strength: float = 3.0
     png_compression: int = 1
     multiframe: str = "refuse"
+    lung_crop: bool = False
+    lung_crop_margin: float = 0.05
+    lung_model: str | None = None
 
     def __post_init__(self) -> None:
         self.percentiles = tuple(float(p) for p in self.percentiles)  # type: ignore[assignment]
@@ -81,6 +84,8 @@ class ConvertOptions:
             problems.append(f"image.decode_slack must be in [0, 0.5), got {self.decode_slack}")
         if not 0 <= self.png_compression <= 9:
             problems.append(f"png_compression must be 0..9, got {self.png_compression}")
+        if not 0 <= float(self.lung_crop_margin) < 1:
+            problems.append(f"image.lung_crop_margin must be in [0, 1), got {self.lung_crop_margin}")
         if self.multiframe not in ("refuse", "first"):
             problems.append(f"image.multiframe must be refuse or first, got {self.multiframe!r}")
         if problems:
@@ -106,11 +111,19 @@ class ConvertOptions:
             "denoise_strength": float(self.denoise_strength) if self.denoise else None,
             "fast_decode": bool(self.fast_decode), "decode_slack": float(self.decode_slack),
             "multiframe": str(self.multiframe), "method": PIXEL_METHOD,
+            **({"lung_crop": float(self.lung_crop_margin), "lung_model": _model_digest(self.lung_model)}
+               if self.lung_crop else {}),
         }
 
     @property
     def clahe_label(self) -> str:
         return f"{float(self.clahe_clip)}/{int(self.clahe_grid)}" if self.clahe else "off"
+
+
+def _model_digest(path: str | None) -> str | None:
+    from pipeline.fingerprint import file_digest
+
+    return file_digest(path) if path else None
 
 
 @dataclass
@@ -148,10 +161,25 @@ def convert_one(job: ConvertJob, options: ConvertOptions) -> dict:
     def target(height: int, width: int) -> tuple[int, int]:
         return imaging.output_shape(height, width, options.size, options.square)
 
+    def decode_target(height: int, width: int) -> tuple[int, int]:
+        # a lung crop keeps about half the side or more: decode at twice the output size, so the crop is
+        # never enlarged from a reduced decode
+        return imaging.output_shape(height, width, 2 * options.size, options.square) if options.lung_crop else \
+            target(height, width)
+
     img = dicom.read_image(job.source, voi_lut=options.voi_lut, percentiles=options.percentiles,
-                           target_shape=target, fast_decode=options.fast_decode,
+                           target_shape=decode_target, fast_decode=options.fast_decode,
                            decode_slack=options.decode_slack, multiframe=options.multiframe)
-    pixels = imaging.resize(img.pixels, target(img.height, img.width))
+    crop, pixels, notes = None, img.pixels, list(img.notes)
+    if options.lung_crop:
+        from pipeline.lung_crop import crop_pixels, lung_square
+
+        crop, note = lung_square(pixels, img.width, img.height, str(options.lung_model), options.lung_crop_margin)
+        notes.append(note)
+        if crop is not None:
+            pixels = crop_pixels(pixels, crop, img.width, img.height)
+    shown_h, shown_w = (img.height, img.width) if crop is None else (crop[3] - crop[1], crop[2] - crop[0])
+    pixels = imaging.resize(pixels, target(shown_h, shown_w))
     pixels = imaging.quantise(pixels, options.bits)
     mapping = img.mapping
     if options.denoise:
@@ -166,7 +194,8 @@ def convert_one(job: ConvertJob, options: ConvertOptions) -> dict:
         "photometric": img.photometric, "bits_stored": img.bits_stored,
         "transfer_syntax": img.transfer_syntax, "source": str(job.source), "mapping": mapping,
         "inverted": bool(img.inverted), "clahe": options.clahe_label, "decode_reduce": int(img.decode_reduce),
-        "fingerprint": fingerprint, "decoder": img.decoder, "notes": "; ".join(img.notes),
+        "fingerprint": fingerprint, "decoder": img.decoder, "notes": "; ".join(notes),
+        **dict(zip(("crop_x0", "crop_y0", "crop_x1", "crop_y1"), [str(v) for v in crop] if crop else [""] * 4)),
     }
 
 

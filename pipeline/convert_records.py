@@ -23,13 +23,13 @@ if TYPE_CHECKING:  # pandas is imported lazily: spawned workers start faster wit
 
 META_COLUMNS = ["image_id", "split", "height", "width", "out_height", "out_width", "photometric",
                 "bits_stored", "transfer_syntax", "source", "mapping", "inverted", "clahe", "decode_reduce",
-                "fingerprint", "decoder", "notes"]
+                "fingerprint", "decoder", "notes", "crop_x0", "crop_y0", "crop_x1", "crop_y1"]
 FAILURE_COLUMNS = ["image_id", "split", "source", "reason"]
 # columns a table written by an older version may lack; they read as ""
-_OPTIONAL = ("fingerprint", "decoder", "notes")
+_OPTIONAL = ("fingerprint", "decoder", "notes", "crop_x0", "crop_y0", "crop_x1", "crop_y1")
 _INT_COLUMNS = ("height", "width", "out_height", "out_width", "bits_stored", "decode_reduce")
 _STR_COLUMNS = ("image_id", "split", "photometric", "transfer_syntax", "source", "mapping", "clahe",
-                "fingerprint", "decoder", "notes")
+                "fingerprint", "decoder", "notes", "crop_x0", "crop_y0", "crop_x1", "crop_y1")
 
 
 def read_meta(path: Path) -> pd.DataFrame | None:

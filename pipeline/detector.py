@@ -1,7 +1,7 @@
 """Ultralytics YOLO, wrapped: device choice, offline-safe training of one fold, batched prediction.
 
 Coordinates: ultralytics returns boxes in pixels of the image it was given (the PNG written by
-prepare, ``out_width x out_height``); :func:`png_to_original_xyxy` maps them to ORIGINAL pixels
+prepare, ``out_width x out_height``); :func:`pipeline.frames.png_to_original` maps them to ORIGINAL pixels
 (``width x height`` in meta.csv), the convention of every table in the run directory.
 
 Offline: :func:`pipeline.offline.prepare_ultralytics` runs before ultralytics is imported (font in
@@ -23,6 +23,7 @@ import pandas as pd
 
 from pipeline.boxes import BOX_COLUMNS, hflip_xyxy
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.frames import png_to_original
 
 DET_COLUMNS = ["image_id", "class_id", "score", *BOX_COLUMNS, "tta"]
 
@@ -224,8 +225,11 @@ def train_fold(model_spec: str, work, det_dir: Path, train_args: dict, *, force:
     """Train one fold into ``det_dir`` (= ``project/name``) under the :class:`pipeline.work.Work` ``work``.
 
     * done (last.pt there, same fingerprint): skipped unless ``force``;
-    * started with the same fingerprint and a ``last.pt`` (killed mid-training): resumed from it;
-    * otherwise: trained from the start in the same folder (old weights and logs removed first).
+    * started with the same fingerprint and a readable ``last.pt`` (killed mid-training): resumed from it;
+      when that checkpoint already holds the last epoch (killed after training, before the record), the
+      record is finished without training (status ``completed``);
+    * otherwise, a ``last.pt`` cut short by a kill included (ultralytics writes it in place): trained
+      from the start in the same folder (old weights and logs removed first).
     ``threads``: ``run.threads`` (torch compute threads, kept across ultralytics' device selection).
     Returns a summary dict (status, weights, epochs, seconds).
     """
@@ -237,7 +241,13 @@ def train_fold(model_spec: str, work, det_dir: Path, train_args: dict, *, force:
     state = work.state(force)
     if state == DONE:
         return {"status": "skipped", "weights": str(last)}
-    resume = state == STARTED and last.is_file()
+    YOLO = import_ultralytics(threads)
+    trainer = offline_trainer_class()
+    model = _interrupted_model(YOLO, det_dir) if state == STARTED and last.is_file() else None
+    if model is not None and _holds_last_epoch(getattr(model, "ckpt", None)):
+        print(f"[train_det] {last} already holds the last epoch (killed before its record): finishing it")
+        return _finish_fold(work, det_dir, "completed", 0.0)
+    resume = model is not None
     if not resume:  # a fresh start: old weights and logs must not be mistaken for this run's
         for stale in ("weights", "results.csv", "args.yaml"):
             target = det_dir / stale
@@ -247,12 +257,9 @@ def train_fold(model_spec: str, work, det_dir: Path, train_args: dict, *, force:
                 target.unlink()
         work.start()
 
-    YOLO = import_ultralytics(threads)
-    trainer = offline_trainer_class()
     start = time.perf_counter()
     if resume:
         print(f"[train_det] resuming {det_dir} from {last}")
-        model = YOLO(str(last))
         keep = {k: train_args[k] for k in ("data", "device", "workers", "batch", "imgsz") if k in train_args}
         model.train(trainer=trainer, resume=True, **keep)
     else:
@@ -262,13 +269,44 @@ def train_fold(model_spec: str, work, det_dir: Path, train_args: dict, *, force:
             model.train(trainer=trainer, **train_args)
         except SyntaxError as exc:  # ultralytics reports unknown/invalid train arguments this way
             raise ConfigError(f"det.train_args: {exc}") from None
-    seconds = time.perf_counter() - start
+    return _finish_fold(work, det_dir, "resumed" if resume else "trained", time.perf_counter() - start)
+
+
+def _finish_fold(work, det_dir: Path, status: str, seconds: float) -> dict:
+    last = det_dir / "weights" / "last.pt"
     if not last.is_file():
         raise PipelineError(f"training finished without {last}; see {det_dir} (results.csv) for what happened.")
-    epochs_run = _epochs_in_results(det_dir / "results.csv")
-    summary = {"seconds": round(seconds, 1), "epochs_run": epochs_run}
+    summary = {"seconds": round(seconds, 1), "epochs_run": _epochs_in_results(det_dir / "results.csv")}
     work.finish(summary)
-    return {"status": "resumed" if resume else "trained", "weights": str(last), **summary}
+    return {"status": status, "weights": str(last), **summary}
+
+
+def _interrupted_model(YOLO, det_dir: Path):
+    """The model in ``weights/last.pt`` of a fold killed mid-training, or None when that file cannot be
+    read (ultralytics writes it in place, so a kill can cut it short). A ``best.pt`` cut short is removed,
+    so the resumed training cannot end by validating it."""
+    last, best = det_dir / "weights" / "last.pt", det_dir / "weights" / "best.pt"
+    try:
+        model = YOLO(str(last))
+    except Exception as exc:  # noqa: BLE001  (torch, zip and pickle errors of a truncated file)
+        print(f"[train_det] {last} cannot be read ({type(exc).__name__}; cut short by a kill?): training from the start")
+        return None
+    if best.is_file():
+        try:
+            YOLO(str(best))
+        except Exception:  # noqa: BLE001
+            print(f"[train_det] {best} cannot be read (cut short by a kill?): removed")
+            best.unlink()
+    return model
+
+
+def _holds_last_epoch(ckpt) -> bool:
+    """Whether an ultralytics checkpoint is final: stripped at the end of training (epoch -1) or saved
+    after its last epoch (epoch = epochs - 1; ultralytics refuses to resume it). No checkpoint: False."""
+    if not isinstance(ckpt, dict) or ckpt.get("epoch") is None:
+        return False
+    epoch, planned = int(ckpt["epoch"]), int((ckpt.get("train_args") or {}).get("epochs") or 0)
+    return epoch < 0 or 0 < planned <= epoch + 1
 
 
 def _epochs_in_results(path: Path) -> int | None:
@@ -279,19 +317,6 @@ def _epochs_in_results(path: Path) -> int | None:
 
 
 # --- prediction -------------------------------------------------------------------------------
-
-def png_to_original_xyxy(boxes, png_width, png_height, width, height) -> np.ndarray:
-    """Boxes in PNG pixels (x_min, y_min, x_max, y_max) -> ORIGINAL pixels, clipped to the image.
-
-    x is scaled by ``width / png_width`` and y by ``height / png_height`` (aspect-kept and square
-    resizes alike); the result lies in [0, width] x [0, height].
-    """
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
-    sx, sy = float(width) / float(png_width), float(height) / float(png_height)
-    b[:, [0, 2]] = np.clip(b[:, [0, 2]] * sx, 0.0, float(width))
-    b[:, [1, 3]] = np.clip(b[:, [1, 3]] * sy, 0.0, float(height))
-    return b
-
 
 def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
     for i in range(0, len(items), max(1, size)):
@@ -318,13 +343,15 @@ def predict_images(model, items: Sequence[tuple[str, Path, float, float]], *, im
     bar = tqdm(total=len(items), desc=desc, unit="img")
     for chunk in _chunks(list(items), batch):
         arrays, kept = [], []
-        for image_id, path, width, height in chunk:
+        for item in chunk:
+            image_id, path, width, height = item[:4]
+            frame = item[4] if len(item) > 4 else (0.0, 0.0, width, height)  # the part of the image the PNG shows
             im = imread(str(path))  # the same reader (and 16 -> 8 bit handling) as ultralytics training
             if im is None:
                 failures.append({"image_id": image_id, "path": str(path), "error": "missing or unreadable PNG"})
                 continue
             arrays.append(im)
-            kept.append((image_id, width, height, im.shape[1], im.shape[0]))
+            kept.append((image_id, width, height, im.shape[1], im.shape[0], frame))
         variants = [("orig", arrays)]
         if tta_flip and arrays:
             variants.append(("hflip", [np.ascontiguousarray(a[:, ::-1]) for a in arrays]))
@@ -333,14 +360,14 @@ def predict_images(model, items: Sequence[tuple[str, Path, float, float]], *, im
                 continue
             results = model.predict(batch_arrays, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
                                     device=device, verbose=False, batch=len(batch_arrays))
-            for (image_id, width, height, png_w, png_h), res in zip(kept, results):
+            for (image_id, width, height, png_w, png_h, frame), res in zip(kept, results):
                 data = res.boxes.data.cpu().numpy() if res.boxes is not None else np.zeros((0, 6))
                 if len(data) == 0:
                     continue
                 xyxy = data[:, :4].astype(np.float64)
                 if tag == "hflip":
                     xyxy = hflip_xyxy(xyxy, png_w)
-                xyxy = png_to_original_xyxy(xyxy, png_w, png_h, width, height)
+                xyxy = png_to_original(xyxy, png_w, png_h, frame, width, height)
                 rows.append(pd.DataFrame({
                     "image_id": image_id, "class_id": data[:, 5].astype(int), "score": data[:, 4].astype(float),
                     "x_min": xyxy[:, 0], "y_min": xyxy[:, 1], "x_max": xyxy[:, 2], "y_max": xyxy[:, 3],

@@ -153,13 +153,23 @@ def run_infer(run_dir: Path, out: Path, inputs: list[str], conf: float | None = 
         raise DataError(f"no image files in {inputs} (DICOM, PNG or JPEG).")
     use_threads(cfg.run.threads)
     jobs = [ConvertJob(i, "infer", src, work / "images" / f"{i}.png") for i, src in found]
-    meta, conv_failures = convert_images(jobs, ConvertOptions.from_config(cfg.image),
+    options = ConvertOptions.from_config(cfg.image)
+    if options.lung_crop:  # the run's own lung model travels with the run directory
+        from pipeline.lung_crop import check_model
+
+        given = options.lung_model if options.lung_model and Path(options.lung_model).is_file() else None
+        options.lung_model = check_model(given or str(paths.segment_model))
+    meta, conv_failures = convert_images(jobs, options,
                                          workers=workers if workers is not None else cfg.run.workers, force=True)
     failures += conv_failures.to_dict("records")
     ok = meta["image_id"].astype(str).tolist()
     pngs = [(i, work / "images" / f"{i}.png") for i in ok]
+    from pipeline.frames import frame_table
+
     size = meta.set_index("image_id")[["width", "height"]].astype(float)
-    items = [(i, p, size.at[i, "width"], size.at[i, "height"]) for i, p in pngs]
+    frames = frame_table(meta)
+    items = [(i, p, size.at[i, "width"], size.at[i, "height"], tuple(frames.loc[i, ["x0", "y0", "x1", "y1"]]))
+             for i, p in pngs]
     summary: dict = {"run": str(paths.run_dir), "images": len(ok), "failures": len(failures), "out": str(out)}
 
     dets = pd.DataFrame(columns=DETECTION_OUT)
@@ -188,17 +198,21 @@ def run_infer(run_dir: Path, out: Path, inputs: list[str], conf: float | None = 
 
 
 def _overlays(out: Path, pngs, meta, dets: pd.DataFrame, probs: pd.DataFrame | None, lungs: dict) -> None:
+    """One picture per input: the converted PNG (the lung crop, when the run crops) with the boxes moved
+    into its frame, the lung outline, the top classifier probability."""
     import cv2
 
+    from pipeline.frames import frame_table
     from pipeline.overlay import draw, gallery, write_png
 
-    size = meta.set_index("image_id")
+    frames = frame_table(meta)
     by_image = {i: g for i, g in dets.groupby("image_id")} if len(dets) else {}
     p = probs.set_index("image_id") if probs is not None else None
     items = []
     for image_id, png in pngs:
         g = by_image.get(image_id)
-        boxes = [] if g is None else [(r.class_name, r.score, r.x_min, r.y_min, r.x_max, r.y_max)
+        x0, y0, x1, y1 = frames.loc[image_id, ["x0", "y0", "x1", "y1"]]
+        boxes = [] if g is None else [(r.class_name, r.score, r.x_min - x0, r.y_min - y0, r.x_max - x0, r.y_max - y0)
                                       for r in g.sort_values("score", ascending=False).head(10).itertuples()]
         corner = None
         if p is not None:
@@ -206,7 +220,9 @@ def _overlays(out: Path, pngs, meta, dets: pd.DataFrame, probs: pd.DataFrame | N
             corner = f"{top.index[0][2:]} {top.iloc[0]:.2f}"
         grey = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
         mask = lungs.get(image_id)
-        pic = draw(grey, (size.at[image_id, "width"], size.at[image_id, "height"]), boxes, corner=corner, lungs=mask)
+        if mask is not None:
+            mask = mask[int(y0):int(y1), int(x0):int(x1)]
+        pic = draw(grey, (x1 - x0, y1 - y0), boxes, corner=corner, lungs=mask)
         write_png(out / "overlays" / f"{image_id}.png", pic)
         best = f"top box {boxes[0][0]} {boxes[0][1]:.2f}" if boxes else "no box"
         items.append((f"overlays/{image_id}.png", image_id, best + (f"; {corner}" if corner else "")))

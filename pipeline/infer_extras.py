@@ -57,15 +57,21 @@ def _lungs(cfg, model_path: Path, out: Path, pngs, meta: pd.DataFrame) -> dict[s
     from pipeline.io import write_bytes_atomic
     from pipeline.lungs import load_lung_model, predict_masks
 
+    from pipeline.frames import frame_table
+
     model = load_lung_model(model_path, "cpu")
     size = meta.set_index("image_id")[["width", "height"]].astype(int)
+    frames = frame_table(meta).round().astype(int)
     masks = {}
     for start in range(0, len(pngs), 16):
         chunk = pngs[start:start + 16]
         images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for _, p in chunk]
         for (image_id, _), mask in zip(chunk, predict_masks(model, images)):
-            w, h = size.at[image_id, "width"], size.at[image_id, "height"]
-            full = cv2.resize(mask.astype(np.uint8), (int(w), int(h)), interpolation=cv2.INTER_NEAREST).astype(bool)
+            # the PNG shows the frame (the whole image, or the lung crop): back to the input file's pixels
+            x0, y0, x1, y1 = frames.loc[image_id, ["x0", "y0", "x1", "y1"]]
+            full = np.zeros((int(size.at[image_id, "height"]), int(size.at[image_id, "width"])), dtype=bool)
+            full[y0:y1, x0:x1] = cv2.resize(mask.astype(np.uint8), (int(x1 - x0), int(y1 - y0)),
+                                            interpolation=cv2.INTER_NEAREST).astype(bool)
             ok, buf = cv2.imencode(".png", (full * 255).astype(np.uint8))
             write_bytes_atomic(out / "lungs" / f"{image_id}.png", buf.tobytes())
             masks[image_id] = full

@@ -47,26 +47,29 @@ def oof_examples(paths, truth, final, classes, per_fold: int = 2, min_score: flo
     import cv2
 
     from pipeline.filtering import fold_of
+    from pipeline.frames import frame_table
     from pipeline.overlay import draw, write_png
-    from pipeline.tables import read_sizes
+    from pipeline.tables import read_meta
 
     folds = fold_of(paths)
-    sizes = read_sizes(paths).set_index("image_id")
+    frames = frame_table(read_meta(paths.meta_csv))
     boxed = truth[(truth["class_id"] != classes.normal_id) & truth["x_min"].notna()]
     out = []
     for k in sorted(set(folds.reindex(boxed["image_id"].unique()).dropna().astype(int))):
         ids = [i for i in boxed["image_id"].unique() if folds.get(i) == k][:per_fold]
         for image_id in ids:
             png = paths.image("train", image_id)
-            if not png.is_file() or image_id not in sizes.index:
+            if not png.is_file() or image_id not in frames.index:
                 continue
+            x0, y0, x1, y1 = frames.loc[image_id, ["x0", "y0", "x1", "y1"]]  # boxes drawn in the PNG's frame
             t = boxed[boxed["image_id"] == image_id]
             p = final[(final["image_id"] == image_id) & (final["class_id"] != classes.normal_id)
                       & (final["score"] >= min_score)].sort_values("score", ascending=False).head(8)
             name = lambda c: classes.names[int(c)] if 0 <= int(c) < len(classes.names) else str(c)
-            pic = draw(cv2.imread(str(png), cv2.IMREAD_UNCHANGED), (sizes.at[image_id, "width"], sizes.at[image_id, "height"]),
-                       [(name(r.class_id), r.score, r.x_min, r.y_min, r.x_max, r.y_max) for r in p.itertuples()],
-                       [(name(r.class_id), r.x_min, r.y_min, r.x_max, r.y_max) for r in t.itertuples()],
+            pic = draw(cv2.imread(str(png), cv2.IMREAD_UNCHANGED), (x1 - x0, y1 - y0),
+                       [(name(r.class_id), r.score, r.x_min - x0, r.y_min - y0, r.x_max - x0, r.y_max - y0)
+                        for r in p.itertuples()],
+                       [(name(r.class_id), r.x_min - x0, r.y_min - y0, r.x_max - x0, r.y_max - y0) for r in t.itertuples()],
                        corner=f"fold {k} (out of fold): {image_id}", max_side=512)
             out.append(write_png(paths.plot(f"oof_example_fold{k}_{image_id}"), pic))
     return out

@@ -93,7 +93,10 @@ def tiny_cfg(tmp_path, **extra):
 # --- pure parts ---------------------------------------------------------------------------------
 
 def test_png_to_original_known_values():
-    from pipeline.detector import png_to_original_xyxy
+    from pipeline.frames import png_to_original
+
+    def png_to_original_xyxy(b, pw, ph, w, h):
+        return png_to_original(b, pw, ph, (0, 0, w, h), w, h)
 
     # PNG 96x80 of an original 192x160 (x2): a box (10, 20, 30, 40) becomes (20, 40, 60, 80).
     out = png_to_original_xyxy([[10, 20, 30, 40]], 96, 80, 192, 160)

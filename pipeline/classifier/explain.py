@@ -33,8 +33,11 @@ def run_gradcam(cfg, paths, train: pd.DataFrame, test: pd.DataFrame, oof: pd.Dat
 
     name = cfg.cls.name
     device, _ = C.torch_device(s.device)
-    size = dict(zip(train["image_id"], zip(train["width"], train["height"])))
-    size.update(dict(zip(test["image_id"], zip(test["width"], test["height"]))))
+    from pipeline.frames import frame_table
+    from pipeline.tables import read_meta
+
+    # the part of each original image its PNG shows (the lung crop, or the whole image)
+    frame = {i: tuple(r) for i, r in frame_table(read_meta(paths.meta_csv))[["x0", "y0", "x1", "y1"]].iterrows()}
     fold_of = dict(zip(train["image_id"], train["fold"]))
     split_of = {**{i: "train" for i in train["image_id"]}, **{i: "test" for i in test["image_id"]}}
     trained = list(cfg.cls.folds if folds is None else folds)
@@ -84,8 +87,9 @@ def run_gradcam(cfg, paths, train: pd.DataFrame, test: pd.DataFrame, oof: pd.Dat
         lb_img, lb = C.letterbox(img, s.imgsz)
         heat = G.grad_cam(model_for(iid), torch.from_numpy(lb_img)[None, None], out_idx)[0]
         box = G.heatmap_to_box(heat, cfg.cls.cam_threshold)
-        w, h = (float(v) for v in size[iid])
-        box_orig = None if box is None else lb.to_source([box], w, h)[0]
+        fx0, fy0, fx1, fy1 = frame[iid]
+        w, h = fx1 - fx0, fy1 - fy0
+        box_orig = None if box is None else lb.to_source([box], w, h)[0] + np.array([fx0, fy0, fx0, fy0])
         if iid in truth_by_img and box_orig is not None:
             cids = ([out_idx] if cfg.cls.task == "multilabel"
                     else sorted(truth_by_img[iid]["class_id"].astype(int).unique()))
@@ -101,7 +105,7 @@ def run_gradcam(cfg, paths, train: pd.DataFrame, test: pd.DataFrame, oof: pd.Dat
                 if cfg.cls.task == "multilabel":
                     g = g[g["class_id"] == out_idx]
                 tb = g[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
-                tboxes = tb * np.array([lb.new_w / w, lb.new_h / h] * 2)
+                tboxes = (tb - np.array([fx0, fy0, fx0, fy0])) * np.array([lb.new_w / w, lb.new_h / h] * 2)
             pbox = None if box is None else (box[0] - lb.pad_x, box[1] - lb.pad_y, box[2] - lb.pad_x, box[3] - lb.pad_y)
             pic = G.overlay(img_c, heat_c, tboxes, pbox)
             write_bytes_atomic(paths.cls_gradcam(name, iid), G.encode_png(pic))

@@ -25,23 +25,28 @@ FAILURE_COLUMNS = ["fold", "image_id", "path", "error"]
 
 
 def _items(paths, meta: pd.DataFrame, split: str, ids: list[str]) -> tuple[list[tuple], list[dict]]:
-    """(image_id, png, original width, original height) for ids; ids without meta rows are failures."""
-    sizes = meta[meta["split"] == split].drop_duplicates("image_id").set_index("image_id")[["width", "height"]]
-    sizes = sizes.apply(pd.to_numeric, errors="coerce")
+    """(image_id, png, original width, original height, frame) for ids (the frame: the part of the original
+    the PNG shows, the lung crop or the whole image); ids without meta rows are failures."""
+    from pipeline.frames import frame_table
+
+    rows = meta[meta["split"] == split].drop_duplicates("image_id")
+    frames = frame_table(rows)
+    sizes = rows.set_index("image_id")[["width", "height"]].apply(pd.to_numeric, errors="coerce")
     items, failures = [], []
     for i in ids:
         if i not in sizes.index or pd.isna(sizes.at[i, "width"]) or pd.isna(sizes.at[i, "height"]):
             failures.append({"image_id": i, "path": str(paths.image(split, i)),
                              "error": f"no original size in {paths.meta_csv}"})
             continue
-        items.append((i, paths.image(split, i), float(sizes.at[i, "width"]), float(sizes.at[i, "height"])))
+        items.append((i, paths.image(split, i), float(sizes.at[i, "width"]), float(sizes.at[i, "height"]),
+                      tuple(frames.loc[i, ["x0", "y0", "x1", "y1"]])))
     return items, failures
 
 
 def _items_digest(items: list[tuple], fps: dict[str, str]) -> str:
     from pipeline.fingerprint import digest
 
-    return digest(sorted([i, fps.get(i), w, h] for i, _, w, h in items))
+    return digest(sorted([i, fps.get(i), w, h, list(frame)] for i, _, w, h, frame in items))
 
 
 def oof_map(paths, val_ids: list[str], oof: pd.DataFrame, iou_thr: float) -> float | None:
@@ -87,6 +92,11 @@ def run(cfg, paths) -> dict:
         weights = paths.det_weights(name, k, select)
         if not weights.is_file():
             raise DataError(f"{weights} not found: train fold {k} first (python -m pipeline train_det det.folds=[{k}]).")
+        trained = Work("", paths.det_train_record(name, k), {}).read()
+        if trained is not None and trained.get("status") != "done":  # weights of a killed or running training
+            raise DataError(f"{paths.det_train_record(name, k)} says fold {k}'s training did not finish (killed, failed "
+                            f"or still running), so {weights} is not its final weights: run train_det det.folds=[{k}] "
+                            "again (it resumes), then predict.")
         out_oof, out_test = paths.det_predictions(name, k, "oof"), paths.det_predictions(name, k, "test")
         fail_path = paths.det_failures(name, k)
         _, val_ids = fold_split(paths, k)

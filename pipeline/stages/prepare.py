@@ -91,6 +91,10 @@ def run(cfg, paths) -> dict:
 
     _ensure_demo(cfg)
     options = ConvertOptions.from_config(cfg.image)  # bad image.* values fail before any work
+    if options.lung_crop:
+        from pipeline.lung_crop import check_model
+
+        options.lung_model = check_model(options.lung_model or str(paths.segment_model))
 
     # --- tables ----------------------------------------------------------------------------------
     ds = load_dataset(cfg)
@@ -133,9 +137,18 @@ def run(cfg, paths) -> dict:
     for line in notes:
         print(f"[prepare] warning: {line}")
     train_ok = meta.loc[meta["split"] == "train", "image_id"].tolist()
+    label_boxes, crop_counts = boxes[boxes["image_id"].isin(set(train_ok))], None
+    if options.lung_crop:  # labels describe the picture the PNG shows: the crop
+        from pipeline.frames import boxes_in_frames, frame_table
+
+        label_boxes, sizes, crop_counts = boxes_in_frames(label_boxes, frame_table(meta))
+        n_crop = int(meta["crop_x0"].astype(str).str.len().gt(0).sum())
+        print(f"[prepare] lung crop: {n_crop} of {len(meta)} image(s) cropped to their lungs (the others kept whole, "
+              f"see meta.csv notes); {crop_counts['cut']} truth box(es) cut by the crop, {crop_counts['outside']} "
+              "outside it (left out of the YOLO labels, still in boxes.csv and scored)"
+              + (f", e.g. on {crop_counts['outside_ids'][:3]}" if crop_counts["outside"] else ""))
     # labels for the converted images only (a failed one has no decoded size; it is in failures.csv)
-    n_labels = write_yolo_labels(boxes[boxes["image_id"].isin(set(train_ok))], sizes, lambda i: paths.label("train", i),
-                                 train_ok, classes.normal_id)
+    n_labels = write_yolo_labels(label_boxes, sizes, lambda i: paths.label("train", i), train_ok, classes.normal_id)
     dataset_yaml(classes.findings, paths.dataset_yaml, classes.normal_name)
     t_labels = time.perf_counter() - t0
 
@@ -157,6 +170,7 @@ def run(cfg, paths) -> dict:
         "n_failures": int(len(failures)),
         "n_converted": int(len(jobs) - n_skip),
         "n_rejected_by_screen": n_rejected,
+        **({"boxes_outside_crop": crop_counts["outside"], "boxes_cut_by_crop": crop_counts["cut"]} if crop_counts else {}),
         "skipped": n_skip == len(jobs) and not len(failures),
     }
     if len(failures):
