@@ -483,3 +483,16 @@ def test_targets_from_labels_and_fused_boxes(tmp_path):
     bad = pd.DataFrame({"image_id": ["x"], "labels": ["0|cat"]})
     with pytest.raises(DataError, match=r"row 2 \(image x\)"):
         build_targets(bad, tiny_cfg(tmp_path), None, tmp_path / "images.csv")
+
+
+def test_training_with_augmentation_is_repeatable(tmp_path):
+    """albumentations draws from its own generator: seeded, two trainings give the same weights."""
+    paths = make_run(tmp_path, n_train=12, n_test=0)
+    train_ds, val_ds = _tiny_sets(paths)
+    train_ds.transform = C.build_augment({"hflip": 0.5, "shift_scale_rotate": 1.0, "brightness_contrast": 1.0}, seed=5)
+    s = C.TrainSettings(imgsz=32, epochs=1, batch=4, lr=1e-3, warmup_epochs=0, device="cpu", workers=0, seed=5)
+    weights = []
+    for run in ("a", "b"):
+        C.train_model(train_ds, val_ds, s, tmp_path / run, log=lambda m: None)
+        weights.append(torch.load(tmp_path / run / "best.pt", weights_only=True))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -82,12 +82,14 @@ def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     return out, lb
 
 
-def build_augment(augment: Mapping | None, train: bool = True):
+def build_augment(augment: Mapping | None, train: bool = True, seed: int = 0):
     """albumentations pipeline from ``cls.augment`` probabilities (missing keys: AUGMENT_DEFAULTS).
 
     hflip: horizontal flip (the Kaggle winners used it; mirrored anatomy is a mild, accepted prior);
     shift_scale_rotate: Affine with +-6% shift, 0.9-1.1 scale, +-10 degrees, black border;
     brightness_contrast: +-0.2 brightness and contrast. Returns None when not training.
+    ``seed``: albumentations draws from its own generator (not numpy's or torch's), seeded here, and per
+    DataLoader worker by :func:`_worker_init`, so a training is repeatable.
     """
     if not train:
         return None
@@ -107,7 +109,7 @@ def build_augment(augment: Mapping | None, train: bool = True):
         A.Affine(scale=(0.9, 1.1), translate_percent=(-0.0625, 0.0625), rotate=(-10, 10),
                  border_mode=cv2.BORDER_CONSTANT, fill=0, p=probs["shift_scale_rotate"]),
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=probs["brightness_contrast"]),
-    ])
+    ], seed=int(seed))
 
 
 class XrayDataset:
@@ -146,9 +148,13 @@ class XrayDataset:
 def _worker_init(worker_id: int) -> None:
     import torch
 
-    seed = torch.initial_seed() % (2 ** 32)
+    seed = torch.initial_seed() % (2 ** 32)  # the loader's generator + worker id: repeatable, distinct per worker
     np.random.seed(seed)
     random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(getattr(info, "dataset", None), "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
 
 
 def make_loader(dataset, batch: int, workers: int, shuffle: bool = False, sampler=None, seed: int = 0,

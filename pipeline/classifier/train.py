@@ -158,6 +158,8 @@ def train_model(train_ds: XrayDataset, val_ds: XrayDataset | None, s: TrainSetti
     from pipeline.io import write_csv_atomic
 
     seed_everything(s.seed)
+    if hasattr(train_ds.transform, "set_random_seed"):  # albumentations' own generator: same draws for a fold
+        train_ds.transform.set_random_seed(s.seed)      # whichever job or fold order trains it
     device, gpu_ids = torch_device(s.device)
     n_out = train_ds.targets.shape[1]
     model = build_model(n_out, s.weights).to(device)

@@ -18,7 +18,8 @@ prediction the weights' content and ``cls.tta_flip``; ``cls.folds``, ``cls.gradc
 
 ``predictions/cls_<name>_oof.csv`` (``image_id, fold, p_<label>...``) and ``..._test.csv`` (mean over folds)
 are rebuilt every run from every fold 0..n-1 whose two units are done with the current inputs; folds
-without them are named. ``cls/<name>/metrics.json``, ``roc.png``, ``gradcam/`` cover those folds.
+without them are named. ``cls/<name>/metrics.json``, ``roc.png``, ``gradcam/`` cover those folds. Fold jobs
+running at once rebuild them in turn, under the lock of the combined oof file (:func:`pipeline.io.locked`).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import ConfigError, DataError, PipelineError
-from pipeline.io import write_csv_atomic, write_json_atomic
+from pipeline.io import locked, write_csv_atomic, write_json_atomic
 from pipeline.tables import read_table
 
 # cls keys that never change a fold's weights: which folds this job runs, reporting, prediction only.
@@ -171,7 +172,7 @@ def run(cfg, paths) -> dict:
     names = label_names(cfg, classes)
     cols = prob_columns(names)
     s = settings_from_cfg(cfg)
-    aug = C.build_augment(s.augment)  # a bad cls.augment fails before any work
+    aug = C.build_augment(s.augment, seed=s.seed)  # a bad cls.augment fails before any work
     if s.weights and str(s.weights).lower() != "imagenet" and not Path(s.weights).is_file():
         raise ConfigError(f"cls.weights: weights file not found: {s.weights}. Pass a local DenseNet-121 "
                           "state dict, 'imagenet' (needs internet) or null (from scratch).")
@@ -226,7 +227,9 @@ def run(cfg, paths) -> dict:
             write_csv_atomic(table, paths.cls_fold_predictions(name, k, split))
         predict_work.finish({"oof": int(oof.sum()), "test": len(test)})
 
-    return _combine_and_score(cfg, paths, folds, n_splits, names, cols, known, targets, s, skipped, statuses)
+    # Every fold job combines; concurrent ones take turns, so the last writes from every finished fold.
+    with locked(paths.cls_predictions(name, "oof")):
+        return _combine_and_score(cfg, paths, folds, n_splits, names, cols, known, targets, s, skipped, statuses)
 
 
 def _combine_and_score(cfg, paths, folds, n_splits, names, cols, known, targets, s, skipped, statuses) -> dict:
