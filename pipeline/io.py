@@ -1,8 +1,10 @@
-"""Atomic file writes: a reader (or a resumed run) never sees half a file."""
+"""Atomic file writes: a reader (or a resumed run) never sees half a file; :func:`locked` for a file that
+concurrent jobs of one run rewrite from each other's outputs."""
 from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -64,3 +66,43 @@ def write_json_atomic(path: Path, obj, indent: int = 2) -> Path:
     import json
 
     return write_text_atomic(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False))
+
+
+LOCK_TIMEOUT = 1800.0  # seconds a job waits for another job of the run to finish its read-modify-write
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file of ``path``: ``.<name>.lock`` beside it (hidden: no reader's pattern matches it)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextmanager
+def locked(path: Path, timeout: float = LOCK_TIMEOUT):
+    """Hold the exclusive lock of ``path`` while a job reads what other jobs of the run wrote and
+    rewrites ``path`` from it (the classifier's combined tables): concurrent fold jobs take turns, so the
+    last one always writes from everything finished and nothing is lost.
+
+    An OS lock (``filelock``: ``flock`` on Unix): a job killed with kill -9 releases it at once; the empty
+    lock file stays and means nothing. Not re-entrant across processes, re-entrant in one process.
+    After ``timeout`` seconds a :class:`~pipeline.errors.PipelineError` names the lock file.
+    """
+    from filelock import FileLock, Timeout
+
+    from pipeline.errors import PipelineError
+
+    lock_file = lock_path(path)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_file), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise PipelineError(
+            f"{lock_file}: still locked after {timeout:g} s by another job of this run that is writing "
+            f"{Path(path).name}. Wait for that job to finish and run this one again; if no job of this run is "
+            "running, the file system keeps locks of dead processes (some network mounts): delete the lock "
+            "file and run again.") from None
+    try:
+        yield lock_file
+    finally:
+        lock.release()

@@ -56,11 +56,20 @@ def prepare_ultralytics() -> None:
             from pipeline.io import write_bytes_atomic
 
             write_bytes_atomic(dst, font_src.read_bytes())
+    from PIL import Image
+
     from pipeline.io import locked
 
+    pil_open = Image.open
     # ultralytics reads settings.json at import and rewrites it in place on update: a job reading it while
     # another writes would see it cut short and reset it; concurrent jobs take turns.
     with locked(cfg_dir / "settings.json"):
         from ultralytics import settings  # noqa: E402  (env is set above)
 
         settings.update({"sync": False})
+    # ultralytics replaces PIL.Image.open for the whole process with a wrapper that, on a file Pillow cannot
+    # identify, calls pip (check_requirements("pi-heif")) instead of raising: every reader here must get
+    # Pillow's own UnidentifiedImageError, offline. No radiograph is HEIF.
+    if pil_open.__module__ != Image.__name__:  # ultralytics was imported before this call
+        from ultralytics.utils.patches import _image_open as pil_open
+    Image.open = pil_open

@@ -69,6 +69,9 @@ HEADLINE = [
     ("submission", "submission"),
     ("report", "report"),
     ("headline", "headline"),
+    ("headline_value", "out-of-fold {metric} (evaluate.metric)"),
+    ("oof_coco_ap50", "out-of-fold COCO AP50 (findings)"),
+    ("oof_coco_ap50_agnostic", "out-of-fold COCO AP50, class-agnostic"),
     ("oof_map", "out-of-fold mAP@{iou} (final)"),
     ("oof_map_no_filter", "out-of-fold mAP@{iou} (detector alone, no classifier)"),
     ("baseline_map", "out-of-fold mAP@{iou} of 'No finding' everywhere"),
@@ -93,7 +96,7 @@ def print_summary(cfg: Config, results: dict[str, dict]) -> None:
     for res in results.values():
         merged.update({k: v for k, v in res.items() if v is not None})
     iou = f"{float(cfg.evaluate.iou_thr):g}"
-    lines = [(label.format(iou=iou), merged[key]) for key, label in HEADLINE if key in merged]
+    lines = [(label.format(iou=iou, metric=cfg.evaluate.metric), merged[key]) for key, label in HEADLINE if key in merged]
     if lines:
         width = max(len(label) for label, _ in lines)
         for label, value in lines:

@@ -31,3 +31,16 @@ def test_loopback_is_allowed():
     cli.connect(srv.getsockname())
     cli.close()
     srv.close()
+
+
+def test_pillow_raises_its_own_error_after_ultralytics_is_imported(tmp_path):
+    """ultralytics swaps PIL.Image.open for a wrapper that calls pip on an unidentified file; ours undoes it."""
+    from PIL import Image, UnidentifiedImageError
+
+    from pipeline.detector import import_ultralytics
+
+    import_ultralytics()
+    bad = tmp_path / "not_an_image.png"
+    bad.write_text("plain text")
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(bad)
