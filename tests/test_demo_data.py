@@ -6,6 +6,7 @@ import hashlib
 import importlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pydicom
@@ -203,6 +204,7 @@ def test_refuses_foreign_folder_and_replaces_earlier_demo(tmp_path):
     make_demo(out, n_train=2, n_test=1, seed=2)
     new = {p.name for p in (out / "train").iterdir()}
     assert len(new) == 2 and not old & new
+    assert len(list((out / "lungs" / "masks").glob("*.png"))) == 3, "the earlier demo's lung masks are gone"
     with pytest.raises(DataError, match="not VinBigData findings"):
         make_demo(tmp_path / "e", classes=["Nope"], n_train=1, n_test=0)
 
@@ -286,7 +288,7 @@ def _source(module: str):
 
 
 def test_vinbigdata_reader_loads_demo(vbd):
-    src = _source("pipeline.sources.vinbigdata")
+    src = _source("pipeline.sources")
     data = src.load_vinbigdata(vbd)
     assert set(data.images.loc[data.images.split == "train", "image_id"]) == set(
         pd.read_csv(vbd / "train_meta.csv").image_id)
@@ -298,7 +300,51 @@ def test_vinbigdata_reader_loads_demo(vbd):
 
 
 def test_chestxray14_reader_loads_demo(nih):
-    src = _source("pipeline.sources.chestxray14")
+    src = _source("pipeline.sources")
     data = src.load_chestxray14(nih)
     assert (data.images.split == "train").sum() == 20 and (data.images.split == "test").sum() == 10
     assert len(data.annotations) == len(pd.read_csv(nih / "BBox_List_2017.csv"))
+
+
+# ------------------------------------------------------------------------- lung masks and non-chest images
+def test_lung_mask_covers_the_dark_lung_fields():
+    rng = np.random.default_rng(4)
+    r = synth.render_image(rng, 420, 380, ["Pleural effusion"])
+    m = r.lung_mask()
+    assert m.shape == (420, 380) and m.dtype == bool and 0.12 < m.mean() < 0.45
+    assert r.image[m].mean() < r.image[~m].mean() - 0.1, "lungs are darker than the rest"
+    hx, hy, _, _ = r.chest.geo.heart
+    assert not m[int(hy * 420), int(hx * 380)], "the heart shadow is not lung"
+    n, _ = cv2.connectedComponents(m.astype(np.uint8))
+    assert n - 1 == 2
+
+
+def test_demo_lungs_set_matches_the_dicoms(vbd):
+    from pipeline.lungs import read_mask, read_mask_dataset
+
+    ds = read_mask_dataset(vbd / "lungs")
+    assert ds.layout == "images_masks" and ds.label_name == "abnormal" and not ds.skipped
+    meta = pd.concat([pd.read_csv(vbd / "train_meta.csv"), pd.read_csv(vbd / "test_meta.csv")])
+    assert sorted(it.image_id for it in ds.items) == sorted(meta.image_id)
+    assert {it.split for it in ds.items} == {"train", "valid", "test"}
+    assert sum(it.split == "test" for it in ds.items) == 8
+    for it in ds.items[:4]:
+        row = meta[meta.image_id == it.image_id].iloc[0]
+        m = read_mask(it.masks, (int(row.dim0), int(row.dim1)))   # the DICOM's own pixels
+        assert 0.1 < m.mean() < 0.5
+    truth = pd.read_csv(vbd / "test_truth.csv")
+    abnormal = set(truth.loc[truth.class_id != 14, "image_id"])
+    assert {it.image_id for it in ds.split("test") if it.label == 1} == abnormal & {it.image_id for it in ds.split("test")}
+
+
+def test_demo_writes_non_chest_images(vbd, nih):
+    from pipeline.demo.other import KINDS
+
+    for root in (vbd, nih):
+        labels = pd.read_csv(root / "other" / "labels.csv")
+        assert set(labels.kind) == set(KINDS) and (labels.chest == 0).all()
+        assert all((root / "other" / f).is_file() for f in labels.file)
+    colour = cv2.imread(str(vbd / "other" / "colour_scene_0.png"), cv2.IMREAD_UNCHANGED)
+    assert colour.ndim == 3
+    assert sorted(p.stem for p in (nih / "lungs" / "masks").glob("*.png")) == sorted(
+        p.stem for p in (nih / "images").glob("*.png"))

@@ -2,13 +2,22 @@
 
 ``make_demo(out, fmt, n_train, n_test, seed)`` writes a VinBigData-layout (DICOMs, 3 readers per
 train image) or ChestX-ray14-layout (PNGs, Data_Entry_2017.csv, split lists, BBox list) dataset that
-the real readers load like the originals. Rendering lives in :mod:`pipeline.demo.synth`.
+the real readers load like the originals, plus two side sets:
+
+* ``out/lungs/``: every image again as a PNG with its lung-field mask and ``split.csv``
+  (:mod:`pipeline.demo.lungs`; read by :mod:`pipeline.lungs.data`), so the demo trains a segmentation;
+* ``out/other/``: a few images that are not chest X-rays, ``labels.csv`` (:mod:`pipeline.demo.other`),
+  for the input gate.
+
+Rendering lives in :mod:`pipeline.demo.synth` (anatomy, findings and geometry in their own modules).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from pipeline.demo import lungs as _lungs
+from pipeline.demo import other as _other
 from pipeline.errors import DataError
 from pipeline.io import write_text_atomic
 
@@ -17,13 +26,14 @@ MARKER = ".demo.json"   # written into every demo folder; lets a re-run replace 
 
 
 def make_demo(out: Path, fmt: str = "vinbigdata", n_train: int = 240, n_test: int = 60, seed: int = 42,
-              classes=None, image_size: int = 1024) -> Path:
+              classes=None, image_size: int = 1024, other_per_kind: int = 2) -> Path:
     """Write the synthetic dataset into ``out`` and return ``out``.
 
     ``fmt``: "vinbigdata" or "chestxray14". ``classes``: finding names to draw (VinBigData names for
     vinbigdata, ChestX-ray14 labels for chestxray14); None = the format's ``DEFAULT_CLASSES``, a few
     distinct, common classes so a small model learns them quickly. ``image_size``: ChestX-ray14 PNG
-    side (NIH's is 1024; its BBox list stays in 1024-pixel space whatever this is).
+    side (NIH's is 1024; its BBox list stays in 1024-pixel space whatever this is). ``other_per_kind``:
+    non-chest images of each kind in ``out/other/`` (0 = none).
 
     The same arguments always give byte-identical files. ``out`` must be empty, missing, or an
     earlier demo folder (then the images of the earlier run are removed first, so no stale file
@@ -46,6 +56,8 @@ def make_demo(out: Path, fmt: str = "vinbigdata", n_train: int = 240, n_test: in
             info = write_chestxray14(out, n_train, n_test, seed, classes, image_size)
     except ValueError as e:   # bad class names
         raise DataError(str(e)) from None
+    info["lung_masks"] = n_train + n_test
+    info["other"] = _other.write_other(out, seed, other_per_kind) if other_per_kind > 0 else 0
     write_text_atomic(out / MARKER, json.dumps({"format": fmt, "n_train": n_train, "n_test": n_test,
                                                 "seed": seed, **info}, indent=1, sort_keys=True) + "\n")
     return out
@@ -67,6 +79,8 @@ def _prepare_folder(out: Path) -> None:
     for sub, pattern in (("train", "*.dicom"), ("test", "*.dicom"), ("images", "*.png")):
         for p in (out / sub).glob(pattern):
             p.unlink()
+    _lungs.clean(out)
+    _other.clean(out)
     for name in ("train.csv", "test_truth.csv", "train_meta.csv", "test_meta.csv", "sample_submission.csv",
                  "Data_Entry_2017.csv", "BBox_List_2017.csv", "train_val_list.txt", "test_list.txt", MARKER):
         (out / name).unlink(missing_ok=True)

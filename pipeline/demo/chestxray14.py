@@ -5,7 +5,9 @@ header with a trailing comma: 12 header fields, 11 per row), ``BBox_List_2017.cs
 ``Image Index,Finding Label,Bbox [x,y,w,h],,,``, 6 fields per row, LF, 'Infiltrate' for
 Infiltration, boxes ``x,y,w,h`` in 1024-pixel space, for some test images only) and
 ``train_val_list.txt`` / ``test_list.txt`` (split by patient; like NIH's, no newline after the last
-line). Patients have several follow-up images.
+line). Patients have several follow-up images. Every image also goes into the lung-segmentation set
+``OUT/lungs/`` (:mod:`pipeline.demo.lungs`; there a train image is ``valid`` one in five by name order,
+so a patient's images may fall on both sides: fine for a demo of the segmentation, not for a benchmark).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 
 from pipeline.classes import CHESTXRAY14, NORMAL_ID
 from pipeline.demo import synth
+from pipeline.demo.lungs import lung_split, write_lung_pair, write_split_csv
 from pipeline.demo.vinbigdata import run_parallel
 from pipeline.io import write_bytes_atomic, write_text_atomic
 
@@ -83,13 +86,14 @@ def _one_image(out: Path, seed: int, patient: dict, follow: int, names: list[str
         raise RuntimeError("PNG encoding failed")
     name = f"{pid:08d}_{follow:03d}.png"
     write_bytes_atomic(out / "images" / name, buf.tobytes())
+    write_lung_pair(out, name[:-4], r.image, r.lung_mask())
     boxes = [(label, box) for label, (_, box) in zip(labels, r.findings) if label in BBOX_LABELS]
     w0 = int(rng.integers(2000, 3057))
     entry = ",".join([name, "|".join(labels) or "No Finding", str(follow), str(pid),
                       str(patient["age"] + follow // 3), patient["sex"], "PA" if rng.random() < 0.7 else "AP",
                       str(w0), str(int(w0 * rng.uniform(0.9, 1.15))), *[SPACINGS[int(rng.integers(4))]] * 2])
     return {"name": name, "split": patient["split"], "entry": entry, "boxes": boxes,
-            "with_boxes": bool(rng.random() < P_BBOX)}
+            "with_boxes": bool(rng.random() < P_BBOX), "abnormal": bool(labels)}
 
 
 def _g(v: float) -> str:
@@ -107,6 +111,7 @@ def write_chestxray14(out: Path, n_train: int, n_test: int, seed: int, classes=N
     tasks = [(out, seed, p, f, names, size) for p in patients for f in range(p["n"])]
     made = run_parallel(_one_image, tasks, workers)
     made.sort(key=lambda m: m["name"])
+    write_split_csv(out, [(m["name"][:-4], lung_split(m["split"], k), m["abnormal"]) for k, m in enumerate(made)])
     write_text_atomic(out / "Data_Entry_2017.csv",
                       "".join(line + "\r\n" for line in [DATA_ENTRY_HEADER] + [m["entry"] for m in made]))
     bbox = [BBOX_HEADER]

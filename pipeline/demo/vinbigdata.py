@@ -4,6 +4,7 @@
 the DICOM's own pixels), ``sample_submission.csv``, ``train_meta.csv``/``test_meta.csv``
 (``image_id,dim0,dim1``, dim0 = rows), and ``test_truth.csv`` (the clean truth of the test images, in
 ``train.csv`` form with ``rad_id`` "consensus", so the demo can report an honest test score).
+Every image also goes into the lung-segmentation set ``OUT/lungs/`` (:mod:`pipeline.demo.lungs`).
 
 Determinism: every image draws from its own generators seeded by ``(seed, split, index, purpose)``,
 and every UID, date and time in the files derives from the seed, so the same seed gives the same bytes.
@@ -21,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from pipeline.classes import NORMAL_ID, VINBIGDATA
 from pipeline.demo import synth
+from pipeline.demo.lungs import lung_split, write_lung_pair, write_split_csv
 from pipeline.io import write_text_atomic, write_with
 
 # Common, visually distinct classes the demo draws by default, so a tiny detector trained for a few
@@ -283,7 +285,7 @@ def make_image(seed: int, split: str, index: int, classes: list[str], readers: d
             rows += [_row(iid, cid, rad, box) for cid, box in marks] or [_row(iid, NORMAL_ID, rad)]
     truth_rows = [_row(iid, cid, TRUTH_RAD_ID, box) for cid, box in truth] or [_row(iid, NORMAL_ID, TRUTH_RAD_ID)]
     return {"id": iid, "ds": ds, "rows": v.rows, "cols": v.cols, "reader_rows": rows, "truth_rows": truth_rows,
-            "variant": v}
+            "variant": v, "rendered": r}
 
 
 def check_classes(classes) -> list[str]:
@@ -298,8 +300,11 @@ def check_classes(classes) -> list[str]:
 def _write_one(out: Path, seed: int, split: str, index: int, names: list[str]) -> dict:
     """Make one image and write its DICOM; returns what the CSVs need (runs in a worker process)."""
     im = make_image(seed, split, index, names, _readers_cached(seed))
-    ds = im.pop("ds")
+    ds, r = im.pop("ds"), im.pop("rendered")
     write_with(out / split / f"{im['id']}.dicom", lambda p: ds.save_as(p, enforce_file_format=True))
+    write_lung_pair(out, im["id"], r.image, r.lung_mask())
+    im["lung_split"] = lung_split(split, index)
+    im["abnormal"] = bool(r.findings)
     return im
 
 
@@ -316,6 +321,7 @@ def write_vinbigdata(out: Path, n_train: int, n_test: int, seed: int, classes=No
     stats = {"j2k": 0, "monochrome1": 0, "tagless": 0}
     tasks = [(split, i) for split, n in (("train", n_train), ("test", n_test)) for i in range(n)]
     made = run_parallel(_write_one, [(out, seed, split, i, names) for split, i in tasks], workers)
+    write_split_csv(out, [(im["id"], im["lung_split"], im["abnormal"]) for im in made])
     for (split, _), im in zip(tasks, made):
         meta[split].append(f"{im['id']},{im['rows']},{im['cols']}\n")
         if split == "train":

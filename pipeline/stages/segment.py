@@ -31,7 +31,7 @@ from pathlib import Path
 from pipeline.errors import ConfigError, DataError
 from pipeline.io import write_csv_atomic, write_text_atomic
 
-LUNGS_VERSION = 1   # bump when pipeline.lungs changes what a model learns
+LUNGS_VERSION = 2   # bump when pipeline.lungs changes what a model learns
 # segment keys that do not change the weights (scoring and reporting only)
 _SCORING_KEYS = ("eval_split", "threshold", "clean", "tta_flip", "robustness", "overlays_n", "write_masks", "crop_margin")
 INFLOCNET = {"source": "InfLocNet, arXiv 2408.06459 (UNet++ with a VGG-16 encoder)", "iou": 0.9359, "dice": 0.9761}
@@ -193,12 +193,14 @@ def run(cfg, paths) -> dict:
         info = _train(cfg, paths, work, train_items, ds.label_name, bad)
         trained = True
     ework = _eval_work(cfg, paths, work.fingerprint, eval_items)
+    scored = False
     if not eval_items:
         print(f"[segment] no images in segment.eval_split={sc.eval_split!r}: nothing scored")
         metrics = {}
     elif not trained and ework.state(bool(cfg.run.force)) == DONE:
         metrics = json.loads(paths.segment_file("metrics.json").read_text())
     else:
+        scored = True
         ework.start()
         metrics = _evaluate(cfg, paths, eval_items, bad)
         metrics.update(dataset={"root": str(root), "layout": ds.layout, "split_source": ds.split_source,
@@ -213,11 +215,11 @@ def run(cfg, paths) -> dict:
     if bad:
         raise DataError(f"segment: {len(bad)} file(s) could not be read (e.g. {bad[0][0]}: {bad[0][1]}); the rest "
                         f"was trained and scored. The list is in {paths.segment_file('skipped.csv')}.")
-    return _summary(metrics, trained)
+    return _summary(metrics, redone=trained or scored)
 
 
-def _summary(m: dict, trained: bool) -> dict:
-    out = {"skipped": not trained and bool(m)}
+def _summary(m: dict, redone: bool) -> dict:
+    out = {"skipped": not redone}
     if m.get("iou"):
         out.update(lung_iou=m["iou"]["mean"], lung_dice=m["dice"]["mean"], lung_eval_split=m.get("split"))
     head = m.get("head") or {}
