@@ -13,6 +13,8 @@ A run directory::
     runs/<exp>/det/<name>/fold<k>/           ultralytics project/name (fixed, exist_ok); train.txt, val.txt, data.yaml
     runs/<exp>/cls/<name>/fold<k>/           classifier checkpoints and logs
     runs/<exp>/predictions/*.csv             one long table per model/fold/split, original pixels
+    runs/<exp>/localise/<method>/fold<k>/    ChestX-ray14 localisation models (model.pt, model.json, train.json, oof_*.csv)
+    runs/<exp>/localisation.json             the localisation comparison the evaluate stage puts into metrics.json
     runs/<exp>/metrics.json  report.html  plots/
     runs/<exp>/det/<name>/fold<k>/train.json, predict.json   Work records (pipeline.work): what was read, what was written
     runs/<exp>/.cache/hashes.sqlite          content-digest cache of input files (never decides, only saves reading)
@@ -191,6 +193,44 @@ class RunPaths:
 
     def cls_cam_boxes(self, name: str) -> Path:
         return self.cls_root(name) / "cam_boxes.csv"
+
+    # --- ChestX-ray14 localisation (localise stage; pipeline.models, pipeline.localisation) ------
+    @property
+    def localise_root(self) -> Path:
+        """One folder per method (prior, gradcam, multiscale, cln), one per fold inside."""
+        return self.run_dir / "localise"
+
+    def localise_dir(self, method: str, fold: int) -> Path:
+        return self.localise_root / method / f"fold{fold}"
+
+    def localise_weights(self, method: str, fold: int) -> Path:
+        """The fold's network (state dict; the prior's boxes as JSON in ``localise_model_info``)."""
+        return self.localise_dir(method, fold) / "model.pt"
+
+    def localise_model_info(self, method: str, fold: int) -> Path:
+        """What rebuilds the fold's network: method, label names, settings (and the prior's boxes)."""
+        return self.localise_dir(method, fold) / "model.json"
+
+    def localise_record(self, method: str, fold: int) -> Path:
+        """The Work record of a fold's training and out-of-fold prediction (pipeline.work)."""
+        return self.localise_dir(method, fold) / "train.json"
+
+    def localise_fold_boxes(self, method: str, fold: int) -> Path:
+        """The fold's out-of-fold boxes: image_id, class_id, score, x_min .. y_max (ORIGINAL pixels)."""
+        return self.localise_dir(method, fold) / "oof_boxes.csv"
+
+    def localise_fold_probs(self, method: str, fold: int) -> Path:
+        """The fold's out-of-fold probabilities: image_id, fold, p_<label>..."""
+        return self.localise_dir(method, fold) / "oof_probs.csv"
+
+    def localise_predictions(self, method: str, what: str = "boxes") -> Path:
+        """Every finished fold's out-of-fold ``boxes`` or ``probs`` of a method, combined."""
+        return self.predictions_dir / f"loc_{method}_oof_{what}.csv"
+
+    @property
+    def localisation_json(self) -> Path:
+        """The localisation comparison (metrics.json's "localisation" block, references, run details)."""
+        return self.run_dir / "localisation.json"
 
     # --- lung segmentation (segment stage; pipeline.lungs) ------------------------------------
     @property
