@@ -135,6 +135,9 @@ def detection_page(paths, metrics: dict, scores: dict, figures: list[Path]) -> P
         tp = pd.DataFrame({k: v["per_class"] for k, v in metrics["test"].items() if isinstance(v, dict)})
         tp.index.name = "class"
         sections.append(("Test set (known labels) AP per class", table_html(tp)))
+    from pipeline.localise_report import sections as localisation_sections
+
+    sections += localisation_sections(metrics)
     return write_report(paths.report, f"Run {metrics['run']}: evaluation", sections, figures)
 
 
@@ -150,6 +153,9 @@ def classifier_only_page(cfg, paths, classes, rule: dict) -> dict:
                "note": "no detector predictions in this run: classifier metrics only", "out_of_fold_rule": rule,
                "summary": {"cls_auc": cls_metrics.get("auc")}, "classifier": cls_metrics,
                "classifier_details": extra}
+    from pipeline.localise_report import console, read_localisation, sections as localisation_sections
+
+    metrics.update(read_localisation(paths))  # the localise stage's comparison, when the run has one
     write_json_atomic(paths.metrics_json, metrics)
     out = {"cls_auc": cls_metrics.get("auc"), "metrics": str(paths.metrics_json)}
     if cfg.evaluate.plots:
@@ -168,7 +174,10 @@ def classifier_only_page(cfg, paths, classes, rule: dict) -> dict:
             table = pd.DataFrame({k: {t: v for t, v in r.items() if t != "n_boxes"} for k, r in rows.items()}).T
             table.index.name = f"T (IoU threshold); {loc.get('n_boxes', '?')} boxes"
             sections.append(("Weak localisation (Grad-CAM boxes): share of boxes found at IoU > T", table_html(table)))
+        sections += localisation_sections(metrics)
         write_report(paths.report, f"Run {paths.name}: evaluation (classifier only)", sections, figures)
         out["report"] = str(paths.report)
+    if metrics.get("localisation"):
+        print(console(metrics))
     print(f"[evaluate] no detector predictions: classifier out-of-fold AUC {_f(cls_metrics.get('auc'))}")
     return {k: v for k, v in out.items() if v is not None}

@@ -54,6 +54,14 @@ STAGES: dict[str, StageInfo] = {s.name: s for s in [
               "cls/<cls.name>/fold<k>/, predictions/cls_<cls.name>_{oof,test}.csv, cls/<cls.name>/metrics.json",
               "cls.*, run.seed, run.device, run.threads, run.workers",
               "./run.sh train_cls --config configs/demo.yaml cls.folds=[1] cls.epochs=10"),
+    StageInfo("localise", "ChestX-ray14 localisation out of fold: box prior, Grad-CAM, multiscale CAM, CLN, the run's YOLO; "
+              "Wang 2017's IoU/IoBB table and AUC",
+              "images.csv, folds.csv, meta.csv, annotations.csv (BBox_List boxes), images/train/*.png, "
+              "predictions/det_<det.name>_fold<k>_oof.csv (yolo)",
+              "localise/<method>/fold<k>/ (model.pt, model.json, train.json, oof_boxes.csv, oof_probs.csv), "
+              "predictions/loc_<method>_oof_{boxes,probs}.csv, localisation.json",
+              "localise.*, cls.model, cls.cam, det.name, run.seed, run.device, run.threads",
+              "./run.sh run --config configs/nih_localise.yaml data.root=../shared/real/chestxray14"),
     StageInfo("fuse", "weighted-box fusion across folds, flips and models; the 2-class filter",
               "predictions/det_*_{oof,test}.csv, predictions/cls_*_{oof,test}.csv, meta.csv",
               "predictions/fused_{oof,test}.csv, predictions/final_{oof,test}.csv, fuse.json",

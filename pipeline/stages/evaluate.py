@@ -90,6 +90,10 @@ def run(cfg, paths: RunPaths) -> dict:
     cls_name = cfg.filter.classifier or cfg.cls.name
     if not paths.filtered_predictions("oof").is_file() and paths.cls_predictions(cls_name, "oof").is_file():
         return classifier_only_page(cfg, paths, classes, rule)
+    if not paths.filtered_predictions("oof").is_file() and paths.localisation_json.is_file():
+        from pipeline.localise_report import localisation_page
+
+        return localisation_page(cfg, paths, rule)
     if not paths.filtered_predictions("oof").is_file():
         raise PipelineError(f"{paths.filtered_predictions('oof')}: out-of-fold final predictions not found. "
                             "Run the fuse stage first (it needs out-of-fold detector predictions).")
@@ -143,6 +147,9 @@ def run(cfg, paths: RunPaths) -> dict:
                "oof": {k: _public(v) for k, v in scores.items()}, "coco": coco, "classifier": cls_metrics}
     if test is not None:
         metrics["test"] = test
+    from pipeline.localise_report import console, read_localisation
+
+    metrics.update(read_localisation(paths))  # the localise stage's comparison, when the run has one
     write_json_atomic(paths.metrics_json, metrics)
     out = {k: v for k, v in summary.items() if v is not None}
     out["metrics"] = str(paths.metrics_json)
@@ -156,6 +163,8 @@ def run(cfg, paths: RunPaths) -> dict:
     print(f"[evaluate] out-of-fold COCO AP50 {_f(coco['final']['ap50'])}, AP {_f(coco['final']['ap'])}, class-agnostic "
           f"AP50 {_f(coco['final']['agnostic']['ap50'])}; headline ({metric}): {_f(summary['headline_value'])}")
     print(f"[evaluate] {rule['statement']}")
+    if metrics.get("localisation"):
+        print(console(metrics))
     if fuse_info.get("warnings"):
         out["warnings"] = fuse_info["warnings"]
     return out

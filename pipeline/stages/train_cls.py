@@ -33,7 +33,8 @@ from pipeline.io import locked, write_csv_atomic, write_json_atomic
 from pipeline.tables import read_table
 
 # cls keys that never change a fold's weights: which folds this job runs, reporting, prediction only.
-_NOT_TRAINING = ("name", "folds", "gradcam_n", "cam_threshold", "tta_flip", "workers")
+# cls.model and cls.cam choose the localise stage's networks; train_cls always trains its DenseNet-121
+_NOT_TRAINING = ("name", "folds", "gradcam_n", "cam_threshold", "tta_flip", "workers", "model", "cam")
 
 
 def _training_settings(cfg) -> dict:
