@@ -3,7 +3,7 @@
 Four groups, each job running the project's own CLI (``<project>/run.sh <stage> --config <config>``)
 in the project directory, so a job does exactly what the same command does locally:
 
-    prep    prepare, folds                              one job
+    prep    segment, screen, prepare, folds             one job (the gate and lung model prepare may use)
     det     train_det, predict  (det.folds=[k])         an array, task id = fold k      after prep
     cls     train_cls           (cls.folds=[k])         an array, task id = fold k      after prep
     final   run: every stage of run.stages              one job                         after det and cls
@@ -29,7 +29,7 @@ from pathlib import Path
 from pipeline.errors import ConfigError
 from pipeline.paths import PROJECT_ROOT, RunPaths
 
-PREP_STAGES = ("prepare", "folds")
+PREP_STAGES = ("segment", "screen", "prepare", "folds")  # in run.stages order: prepare may use the gate and lungs
 DET_STAGES = ("train_det", "predict")
 CLS_STAGES = ("train_cls",)
 FINAL_STAGES = ("fuse", "evaluate", "submit")

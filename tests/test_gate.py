@@ -279,6 +279,20 @@ def test_gate_recipe_config_resolves(real_dir):
         class_folders(load_config(None, {"screen.folders": {"lungs": [str(real_dir / "hands")]}}).screen)
 
 
+def test_demo_gate_folders_follow_data_root(tmp_path):
+    """configs/demo.yaml names its pictures under {data.root}: a run with another data.root finds them there."""
+    from pipeline.config import load_config
+    from pipeline.gate.dataset import class_folders
+
+    for sub in ("lungs/images", "other"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", [f"data.root={tmp_path / 'd'}"])
+    got = {label: folder for label, folder, _ in class_folders(cfg.screen, cfg.data.root)}
+    assert got == {"chest": tmp_path / "d" / "lungs" / "images", "not_xray": tmp_path / "d" / "other"}
+    with pytest.raises(ConfigError, match="only known inside a run"):
+        class_folders(cfg.screen)
+
+
 def test_image_root_layout_and_several_folders_for_one_class(tmp_path):
     from pipeline.config import load_config
     from pipeline.gate.dataset import build_table

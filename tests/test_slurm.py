@@ -36,13 +36,14 @@ def test_demo_graph_groups_arrays_dependencies_and_commands(tmp_path):
     plan = build_plan(cfg, Resources(gpus=1))
     assert [j.name for j in plan.jobs] == ["prep", "det", "cls", "final"]
     prep, det, cls, final = plan.jobs
-    assert prep.stages == ("prepare", "folds") and not prep.is_array and prep.after == ()
+    # the demo trains its lung model and gate first: prepare screens its inputs with the gate
+    assert prep.stages == ("segment", "screen", "prepare", "folds") and not prep.is_array and prep.after == ()
     assert det.stages == ("train_det", "predict") and det.folds == (0, 1) and det.after == ("prep",)
     assert cls.folds == (1,) and cls.after == ("prep",)
     assert final.after == ("det", "cls") and final.stages == ("fuse", "evaluate", "submit")
     config = str(RunPaths.from_config(cfg).slurm_config.resolve())
     run_sh = str(PROJECT_ROOT / "run.sh")
-    assert prep.commands == (f"{run_sh} prepare --config {config}", f"{run_sh} folds --config {config}")
+    assert prep.commands == tuple(f"{run_sh} {s} --config {config}" for s in ("segment", "screen", "prepare", "folds"))
     assert det.commands == (f'{run_sh} train_det --config {config} "det.folds=[${{FOLD}}]"',
                             f'{run_sh} predict --config {config} "det.folds=[${{FOLD}}]"')
     assert cls.commands == (f'{run_sh} train_cls --config {config} "cls.folds=[${{FOLD}}]"',)

@@ -84,3 +84,19 @@ def _prepare_folder(out: Path) -> None:
     for name in ("train.csv", "test_truth.csv", "train_meta.csv", "test_meta.csv", "sample_submission.csv",
                  "Data_Entry_2017.csv", "BBox_List_2017.csv", "train_val_list.txt", "test_list.txt", MARKER):
         (out / name).unlink(missing_ok=True)
+
+
+def ensure_demo(cfg, stage: str, need: str | None = None) -> None:
+    """With ``data.demo`` on, write the demo into ``data.root`` when it is not there yet (or lacks the side
+    set ``need``, e.g. ``lungs`` or ``other``), so whichever demo stage runs first finds its data."""
+    from pipeline.sources import has_dataset
+
+    root, fmt = Path(cfg.data.root), str(cfg.data.format)
+    if not cfg.data.demo:
+        return
+    if has_dataset(root, fmt, cfg.data.get("annotations")) and (need is None or (root / need).is_dir()):
+        return
+    print(f"[{stage}] data.demo: generating the synthetic {fmt} dataset in {root} "
+          f"({cfg.data.demo_n_train} train, {cfg.data.demo_n_test} test images, lung masks, non-chest pictures)")
+    make_demo(root, fmt=fmt, n_train=int(cfg.data.demo_n_train), n_test=int(cfg.data.demo_n_test),
+              seed=int(cfg.run.seed))

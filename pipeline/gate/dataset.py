@@ -61,8 +61,12 @@ def resolve_folder(folder: str, key: str) -> Path:
                       "or the project root); point it at a folder of images")
 
 
-def class_folders(sc) -> list[tuple[str, Path, str]]:
-    """``(class, folder, config key)`` for every configured folder, classes checked against ``screen.classes``."""
+DATA_ROOT = "{data.root}"  # in a screen folder: the run's data.root (the demo's pictures move with it)
+
+
+def class_folders(sc, data_root: str | Path | None = None) -> list[tuple[str, Path, str]]:
+    """``(class, folder, config key)`` for every configured folder, classes checked against ``screen.classes``.
+    A folder may start with ``{data.root}``, replaced by ``data_root``."""
     classes = list(sc.classes)
     out: list[tuple[str, Path, str]] = []
     for label, folders in (sc.folders or {}).items():
@@ -73,6 +77,9 @@ def class_folders(sc) -> list[tuple[str, Path, str]]:
             folders = [folders]
         if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
             raise ConfigError(f"screen.folders.{label}: give a folder or a list of folders, got {folders!r}")
+        if data_root is None and any(DATA_ROOT in f for f in folders):
+            raise ConfigError(f"screen.folders.{label}: {DATA_ROOT} is only known inside a run (the screen stage)")
+        folders = [f.replace(DATA_ROOT, str(data_root)) if data_root is not None else f for f in folders]
         out += [(label, resolve_folder(f, f"screen.folders.{label}[{i}]"), f"screen.folders.{label}[{i}]")
                 for i, f in enumerate(folders)]
     if sc.image_root:
@@ -85,7 +92,7 @@ def class_folders(sc) -> list[tuple[str, Path, str]]:
     return out
 
 
-def build_table(sc, seed: int) -> tuple[pd.DataFrame, list[str]]:
+def build_table(sc, seed: int, data_root: str | Path | None = None) -> tuple[pd.DataFrame, list[str]]:
     """The table of every picture the ``screen:`` section names, and notes (missing bundled files)."""
     from pipeline.gate.extras import list_extras
     from pipeline.gate.images import collect_images
@@ -102,7 +109,7 @@ def build_table(sc, seed: int) -> tuple[pd.DataFrame, list[str]]:
         seen.add(image_id)
         rows.append((image_id, label, source, group, kind, str(path), what))
 
-    for label, folder, key in class_folders(sc):
+    for label, folder, key in class_folders(sc, data_root):
         files = collect_images([folder])
         if not files:
             raise DataError(f"{key}: no images (DICOM, PNG, JPEG...) found under {folder}")

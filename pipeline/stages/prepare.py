@@ -31,20 +31,6 @@ from pipeline.io import write_csv_atomic
 _SHOWN_FAILURES = 3  # failures quoted in the error message; the rest are in failures.csv
 
 
-def _ensure_demo(cfg) -> None:
-    from pipeline.sources import has_dataset
-
-    root, fmt = Path(cfg.data.root), str(cfg.data.format)
-    if not cfg.data.demo or has_dataset(root, fmt, cfg.data.get("annotations")):
-        return
-    from pipeline.demo import make_demo
-
-    print(f"[prepare] data.demo: generating the synthetic {fmt} dataset in {root} "
-          f"({cfg.data.demo_n_train} train, {cfg.data.demo_n_test} test images)")
-    make_demo(root, fmt=fmt, n_train=int(cfg.data.demo_n_train), n_test=int(cfg.data.demo_n_test),
-              seed=int(cfg.run.seed))
-
-
 def _sizes_for_labels(images: pd.DataFrame, meta: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Original sizes (image_id, width, height) of the converted images, from meta.csv (the pixels that were
     actually decoded), with a note when they differ from images.csv (the sizes the boxes were checked against)."""
@@ -87,9 +73,10 @@ def run(cfg, paths) -> dict:
                                   with_journal)
     from pipeline.labels import dataset_yaml, fuse_annotations, write_yolo_labels
     from pipeline.roles import describe_roles, detection_roles
+    from pipeline.demo import ensure_demo
     from pipeline.sources import load_dataset
 
-    _ensure_demo(cfg)
+    ensure_demo(cfg, "prepare")
     options = ConvertOptions.from_config(cfg.image)  # bad image.* values fail before any work
     if options.lung_crop:
         from pipeline.lung_crop import check_model

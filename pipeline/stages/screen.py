@@ -168,7 +168,10 @@ def run(cfg, paths) -> dict:
     check_screen_config(sc)
     classes = list(sc.classes)
     t0 = time.perf_counter()
-    table, notes = build_table(sc, int(cfg.run.seed))
+    from pipeline.demo import ensure_demo
+
+    ensure_demo(cfg, "screen", need="other")
+    table, notes = build_table(sc, int(cfg.run.seed), cfg.data.root)
     table["split"] = assign_splits(table, float(sc.holdout_fraction), list(sc.holdout_sources), int(cfg.run.seed))
     table["cross_source"] = table["source"].isin(list(sc.holdout_sources))
     for note in notes:

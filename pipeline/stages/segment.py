@@ -41,14 +41,10 @@ def data_root(cfg) -> Path:
     sc = cfg.segment
     if sc.data_root:
         return Path(sc.data_root)
-    root = Path(cfg.data.root) / "lungs"
-    if cfg.data.demo and not root.is_dir():
-        from pipeline.demo import make_demo
+    from pipeline.demo import ensure_demo
 
-        print(f"[segment] data.demo: generating the synthetic {cfg.data.format} dataset (with lung masks) in "
-              f"{cfg.data.root}")
-        make_demo(Path(cfg.data.root), fmt=str(cfg.data.format), n_train=int(cfg.data.demo_n_train),
-                  n_test=int(cfg.data.demo_n_test), seed=int(cfg.run.seed))
+    ensure_demo(cfg, "segment", need="lungs")
+    root = Path(cfg.data.root) / "lungs"
     return root
 
 
