@@ -56,8 +56,11 @@ def bench_device(device, args, images: list[Path], work: Path) -> dict:
     from pipeline.detector import (build_train_args, check_model_spec, import_ultralytics, offline_trainer_class,
                                    predict_images, write_fold_lists)
 
-    det_dir = work / "det" / f"dev_{str(device).replace(',', '_')}"
-    data_yaml = write_fold_lists(det_dir, images, images[: max(2, len(images) // 8)], {0: "rect", 1: "ellipse"})
+    from pipeline.paths import RunPaths
+
+    paths, name = RunPaths(run_dir=work), f"dev_{str(device).replace(',', '_')}"
+    det_dir = paths.det_dir(name, 0)
+    data_yaml = write_fold_lists(paths, name, 0, images, images[: max(2, len(images) // 8)], {0: "rect", 1: "ellipse"})
     train_args = build_train_args(data_yaml=data_yaml, det_dir=det_dir, epochs=args.epochs, imgsz=args.imgsz,
                                   batch=args.batch, device=device, seed=0, workers=args.workers,
                                   extra={"val": False, "mosaic": 1.0})

@@ -219,7 +219,9 @@ def test_zero_detections_still_give_a_scored_valid_submission(tmp_path):
         for split in ("oof", "test"):
             pd.DataFrame(columns=NAMES + ["tta"]).to_csv(paths.det_predictions("yolo", k, split), index=False)
     fsum = fuse.run(cfg, paths)
-    assert any("no box" in w for w in fsum["warnings"])
+    assert [w for w in fsum["warnings"] if "no box" in w] == [
+        f"the detector predicted no box on any {split} image (undertrained, or det.conf too high): every image "
+        "gets only its class-14 box" for split in ("oof", "test")]
     esum = evaluate.run(cfg, paths)
     assert esum["oof_map"] == pytest.approx(esum["baseline_map"])  # only the normal boxes, all scored 1
     sub = pd.read_csv(submit.run(cfg, paths)["submission"])
@@ -324,3 +326,16 @@ def test_fuse_takes_exactly_the_configured_models_and_folds(tmp_path):
     paths.det_predict_record("yolo", 1).unlink()
     with pytest.raises(DataError, match="not finished"):
         fuse.run(load_config(None, _flat(cfg)), paths)
+
+
+def test_a_run_without_test_images_is_not_warned_about_them(tmp_path):
+    """TBX11K has a train split only: no test predictions is no finding about the detector."""
+    cfg, paths = build_run(tmp_path, with_cls=False)
+    meta = pd.read_csv(paths.meta_csv)
+    test_ids = set(meta.loc[meta["split"] == "test", "image_id"])
+    meta[meta["split"] != "test"].to_csv(paths.meta_csv, index=False)
+    for k in (0, 1):
+        pred = pd.read_csv(paths.det_predictions("yolo", k, "test"))
+        pred[~pred["image_id"].isin(test_ids)].to_csv(paths.det_predictions("yolo", k, "test"), index=False)
+    fsum = fuse.run(cfg, paths)
+    assert not any("test image" in w for w in fsum.get("warnings", []))

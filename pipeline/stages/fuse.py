@@ -161,7 +161,11 @@ def run(cfg, paths: RunPaths) -> dict:
         n_in = sum(len(f) for f in frames)
         print(f"[fuse] {split}: {len(frames)} sources ({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}), "
               f"{n_in} boxes -> {len(out)} fused boxes")
-        if n_in == 0:
+        # oof images are the train split's; a run without test images has nothing to warn about there
+        has_images = (sizes["split"] == ("train" if split == "oof" else "test")).any()
+        if n_in == 0 and not has_images:
+            print(f"[fuse] {split}: the run has no {'train' if split == 'oof' else 'test'} images")
+        elif n_in == 0:
             msg = (f"the detector predicted no box on any {split} image (undertrained, or det.conf too high): every "
                    "image gets only its class-14 box")
             print(f"[fuse] warning: {msg}")
