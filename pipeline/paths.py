@@ -324,6 +324,11 @@ class RunPaths:
 
     # --- SLURM job graph (run.sh slurm; pipeline.slurm) -------------------------------------
     @property
+    def parallel_dir(self) -> Path:
+        """run.parallel_folds: the config the fold processes read and one log per fold process."""
+        return self.run_dir / "parallel"
+
+    @property
     def slurm_dir(self) -> Path:
         return self.run_dir / "slurm"
 

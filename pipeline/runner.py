@@ -39,7 +39,15 @@ def run_stage(stage: str, cfg: Config, *, force: bool | None = None) -> dict[str
     module = importlib.import_module(f"pipeline.stages.{stage}")
     print(f"[{stage}] running")
     start = time.perf_counter()
-    summary = module.run(cfg, paths) or {}
+    from pipeline.parallel_folds import run_folds
+
+    parallel = run_folds(cfg, paths, stage)  # run.parallel_folds: folds in their own processes first
+    if parallel:
+        save_config(cfg, paths.config)  # the fold processes each saved their own
+        if cfg.run.force:  # the processes forced their folds; here they are finished work
+            cfg = copy.deepcopy(cfg)
+            cfg.run.force = False
+    summary = {**parallel, **(module.run(cfg, paths) or {})}
     seconds = time.perf_counter() - start
     state = "nothing to redo: finished earlier" if summary.get("skipped") else "done"
     print(f"[{stage}] {state} in {seconds:.1f} s")
@@ -77,6 +85,11 @@ HEADLINE = [
     ("baseline_map", "out-of-fold mAP@{iou} of 'No finding' everywhere"),
     ("test_map", "test mAP@{iou} against the demo truth"),
     ("cls_oof_auc", "classifier out-of-fold AUC"),
+    ("lung_iou", "lung IoU, mean over segment.eval_split"),
+    ("lung_dice", "lung Dice, mean over segment.eval_split"),
+    ("lung_head_auc", "lung model's classification head AUC"),
+    ("lung_iou_shifted", "lung IoU under synthetic domain shifts (mean)"),
+    ("gate_heldout_accuracy", "input gate held-out accuracy (real pictures)"),
     ("filter_coverage", "2-class filter"),
     ("warnings", "warnings"),
 ]
