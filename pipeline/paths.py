@@ -18,6 +18,10 @@ A run directory::
     runs/<exp>/metrics.json  report.html  plots/
     runs/<exp>/det/<name>/fold<k>/train.json, predict.json   Work records (pipeline.work): what was read, what was written
     runs/<exp>/.cache/hashes.sqlite          content-digest cache of input files (never decides, only saves reading)
+    runs/<exp>/segment/                      lung model and its scoring (model.pt, metrics.json, per_image.csv, masks/, overlays/)
+    runs/<exp>/screen/  screen.csv           the input gate (model.pt, metrics.json, heldout.csv); prepare's decisions
+    runs/<exp>/detection.csv  fuse.json      each train image's detector role; what fuse combined and the filter's coverage
+    runs/<exp>/parallel/                     run.parallel_folds: the fold processes' config and logs
     runs/<exp>/slurm/                        run.sh slurm: config.yaml, <job>.sh, jobs.json, <job>_<id>[_<fold>].{out,err}
     submissions/<exp>.csv
 """
