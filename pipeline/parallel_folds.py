@@ -98,6 +98,9 @@ def run_folds(cfg, paths, stage: str) -> dict:
             state = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; log {log})"
             print(f"[{stage}] fold {k} process: {state} in {time.perf_counter() - t0:.1f} s")
     failed = sorted(k for k, rc in results.items() if rc != 0)
+    # a process whose fold was finished already says so (runner.run_stage); any other one did the work
+    redone = any("nothing to redo: finished earlier" not in (folder / f"{stage}_fold{k}.log").read_text()
+                 for k in results)
     if failed:
         print(f"[{stage}] fold(s) {failed} failed in their process; this process trains them again and reports why")
-    return {"parallel_folds": at_once, "parallel_failed": failed}
+    return {"parallel_folds": at_once, "parallel_failed": failed, "parallel_redone": redone}

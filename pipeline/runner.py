@@ -48,6 +48,8 @@ def run_stage(stage: str, cfg: Config, *, force: bool | None = None) -> dict[str
             cfg = copy.deepcopy(cfg)
             cfg.run.force = False
     summary = {**parallel, **(module.run(cfg, paths) or {})}
+    if parallel.get("parallel_redone"):
+        summary["skipped"] = False  # the fold processes did the work this process then found finished
     seconds = time.perf_counter() - start
     state = "nothing to redo: finished earlier" if summary.get("skipped") else "done"
     print(f"[{stage}] {state} in {seconds:.1f} s")

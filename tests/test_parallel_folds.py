@@ -45,6 +45,9 @@ def test_two_detector_folds_in_their_own_processes(tmp_path):
         assert f"fold {k} process: done" in out
         assert f"fold {k}: finished earlier with the same inputs: skipped" in out  # this process: nothing left
         assert json.loads((run_dir / "det" / "yolov8n" / f"fold{k}" / "train.json").read_text())["status"] == "done"
+    assert "[train_det] done in" in out and "nothing to redo" not in out.split("train_det] folds")[1]
+    again = run("train_det", over).stdout  # every fold finished: the processes skip, and so does the stage
+    assert "[train_det] nothing to redo: finished earlier" in again
     # the run's config.yaml is the run's own again (each fold process saved its one-fold config)
     assert "parallel_folds: 2" in (run_dir / "config.yaml").read_text()
     run("predict", over)
