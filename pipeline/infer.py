@@ -97,7 +97,7 @@ def detect(cfg, det_weights: dict, items: list[tuple], conf: float, tta: bool, s
                 names.append(f"{m} fold{k} {flip}")
     fused = fuse_detections(frames, sizes, method=cfg.fuse.method, iou_thr=cfg.fuse.iou_thr,
                             skip_box_thr=cfg.fuse.skip_box_thr, conf_type=cfg.fuse.conf_type, weights=weights,
-                            workers=1)
+                            workers=1, source_nms=bool(cfg.fuse.source_nms))
     return fused, names
 
 

@@ -56,6 +56,27 @@ def test_disjoint_boxes_and_other_classes_stay_apart_and_absent_sources_count():
     np.testing.assert_allclose(box(out), [[0, 0, 100, 100], [1500, 500, 1700, 700], [0, 0, 100, 100]], atol=1e-3)
 
 
+def test_source_nms_stops_a_sources_weak_neighbour_from_diluting_the_fused_score():
+    # source a: a strong box and a weak one beside it (IoU 0.45: above WBF's 0.4, below a detector's NMS 0.5),
+    # plus the same weak box in another class; source b: the object once
+    a = det([("a", 0, 0.8, 0, 0, 100, 100), ("a", 0, 0.1, 0, 0, 100, 45), ("a", 1, 0.1, 0, 0, 100, 45)])
+    b = det([("a", 0, 0.6, 0, 0, 100, 100)])
+    plain = fuse_detections([a, b], SIZES, iou_thr=0.4)
+    c0 = plain[plain["class_id"] == 0]
+    assert len(c0) == 1 and c0["score"].iloc[0] == pytest.approx((0.8 + 0.6 + 0.1) / 3)  # diluted
+    out = fuse_detections([a, b], SIZES, iou_thr=0.4, source_nms=True)
+    c0, c1 = out[out["class_id"] == 0], out[out["class_id"] == 1]
+    assert len(c0) == 1 and c0["score"].iloc[0] == pytest.approx(0.7)  # (0.8 + 0.6) / 2: b's box was not suppressed
+    np.testing.assert_allclose(box(c0)[0], [0, 0, 100, 100], atol=1e-3)
+    assert len(c1) == 1 and c1["score"].iloc[0] == pytest.approx(0.05)  # another class: kept, one source of two
+
+
+def test_source_nms_keeps_boxes_that_overlap_less_than_the_fusion_iou():
+    a = det([("a", 0, 0.8, 0, 0, 100, 100), ("a", 0, 0.3, 0, 0, 100, 35)])  # IoU 0.35 < 0.4
+    out = fuse_detections([a], SIZES, iou_thr=0.4, source_nms=True)
+    np.testing.assert_allclose(sorted(out["score"]), [0.3, 0.8])
+
+
 def test_weights_change_the_fused_score_and_box_as_ensemble_boxes_computes():
     a = det([("a", 0, 0.8, 100, 100, 300, 200)])
     b = det([("a", 0, 0.4, 120, 100, 320, 200)])

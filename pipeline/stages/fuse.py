@@ -154,7 +154,8 @@ def run(cfg, paths: RunPaths) -> dict:
     for split in PREDICTION_SPLITS:
         frames, weights, names = _sources(files, split, dict(fc.weights or {}), flips)
         out = fuse_detections(frames, sizes, method=fc.method, iou_thr=fc.iou_thr, skip_box_thr=fc.skip_box_thr,
-                              conf_type=fc.conf_type, weights=weights, workers=cfg.run.workers)
+                              conf_type=fc.conf_type, weights=weights, workers=cfg.run.workers,
+                              source_nms=bool(fc.source_nms))
         write_csv_atomic(out, paths.fused_predictions(split))
         fused[split] = out
         info["sources"][split] = names
