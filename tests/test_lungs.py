@@ -204,6 +204,15 @@ def test_masks_come_back_in_original_pixels_and_checkpoint_round_trip(tmp_path):
     torch.save({"a": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(DataError, match="not a lung model"):
         load_lung_model(tmp_path / "other.pt")
+    # initial weights: the model's own state dict loads whole; a missing or foreign file is a clear error
+    from pipeline.lungs.model import load_init_weights
+
+    torch.save(net.state_dict(), tmp_path / "init.pt")
+    assert load_init_weights(build_net(_tiny_spec()), tmp_path / "init.pt").startswith(f"{len(net.state_dict())} of")
+    with pytest.raises(ConfigError, match="segment.weights=.*no such file"):
+        load_init_weights(net, tmp_path / "absent.pt")
+    with pytest.raises(DataError, match="none of its 1 tensors fits"):
+        load_init_weights(net, tmp_path / "other.pt")
 
 
 def _synthetic_cache(n: int, size: int, seed: int):

@@ -76,23 +76,15 @@ def load_backbone_weights(net, path: Path) -> list[str]:
     naming the first mismatches). The classifier head is loaded only when its shape matches
     (an ImageNet 1000-class head is skipped). Returns the names of skipped head tensors.
     """
-    import torch
+    from pipeline.checkpoints import SAVE_HINT, plain_state_dict, read_torch_file
 
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(
-            f"cls.weights: weights file not found: {path}. Pass the path of a local DenseNet-121 state dict "
-            "(e.g. torchvision's densenet121-a639ec97.pth downloaded elsewhere), 'imagenet' (needs internet), "
-            "or null to train from scratch.")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 (pickle/zip errors vary)
-        raise PipelineError(f"cls.weights: {path} is not a readable PyTorch state dict ({exc}). "
-                            "Save it with torch.save(model.state_dict()).") from None
-    if not isinstance(raw, Mapping):
-        raise PipelineError(f"cls.weights: {path} holds a {type(raw).__name__}, not a state dict. "
-                            "Save it with torch.save(model.state_dict()).")
-    state = _clean_state_dict(raw)
+    raw = read_torch_file(
+        path, f"cls.weights: weights file not found: {path}. Pass the path of a local DenseNet-121 state dict "
+              "(e.g. torchvision's densenet121-a639ec97.pth downloaded elsewhere), 'imagenet' (needs internet), "
+              "or null to train from scratch.",
+        what=f"a readable PyTorch state dict (cls.weights); {SAVE_HINT}")
+    state = _clean_state_dict(plain_state_dict(raw, f"cls.weights: {path}"))
     own = net.state_dict()
     problems, skipped = [], []
     for key, tensor in own.items():
@@ -161,12 +153,11 @@ def save_checkpoint(model, path: Path) -> Path:
 
 def load_checkpoint(path: Path, n_outputs: int, device="cpu"):
     """Build a ChestClassifier and load a checkpoint written by :func:`save_checkpoint` (weights_only)."""
-    import torch
+    from pipeline.checkpoints import read_torch_file
 
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"classifier checkpoint not found: {path}; run the train_cls stage first.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch_file(path, f"classifier checkpoint not found: {path}; run the train_cls stage first.",
+                            what="a classifier checkpoint of the train_cls stage (re-run train_cls)")
     model = build_model(n_outputs, None)
     try:
         model.load_state_dict(state, strict=True)

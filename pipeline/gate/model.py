@@ -191,18 +191,13 @@ def save_gate(model, path: Path, classes: list[str], accept: list[str], imgsz: i
 
 def load_gate(path: str | Path, device="cpu"):
     """``(model in eval mode, {"classes", "accept", "imgsz"})`` from a file written by :func:`save_gate`."""
-    import torch
-
+    from pipeline.checkpoints import read_torch_file
     from pipeline.classifier import build_model
 
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"gate model not found: {path}; train one with the screen stage "
-                            "(./run.sh run --config configs/gate.yaml) or give the path of its screen/model.pt")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 (zip/pickle errors vary)
-        raise PipelineError(f"{path}: not a readable gate model ({str(exc).splitlines()[0]})") from None
+    blob = read_torch_file(path, f"gate model not found: {path}; train one with the screen stage "
+                                 "(./run.sh run --config configs/gate.yaml) or give the path of its screen/model.pt",
+                           what="a readable gate model")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise PipelineError(f"{path}: not a gate model written by the screen stage (format {FORMAT!r} expected)")
     meta = {"classes": list(blob["classes"]), "accept": list(blob["accept"]), "imgsz": int(blob["imgsz"])}

@@ -76,27 +76,16 @@ def build_net(spec: ModelSpec):
                           "(smp encoders: resnet18, resnet34, mobilenet_v2, efficientnet-b0, vgg16, ...).") from None
 
 
-def _state_of(obj) -> dict:
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise DataError("not a state dict")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
-
-
 def load_init_weights(net, path: str | Path) -> str:
     """Load a local state dict into ``net``: a whole model's, or an encoder's (keys with or without the
     ``encoder.`` prefix). Tensors whose shape differs are left out. Returns what was loaded, in words."""
-    import torch
+    from pipeline.checkpoints import plain_state_dict, read_torch_file
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"segment.weights={str(path)!r}: no such file (weights are never downloaded; give a "
-                          "local state-dict file, or null to train from scratch).")
-    try:
-        state = _state_of(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as exc:  # noqa: BLE001  (any unreadable file is the same error for the user)
-        raise DataError(f"{path}: cannot read a state dict ({str(exc).splitlines()[0]}).") from None
+    raw = read_torch_file(path, f"segment.weights={str(path)!r}: no such file (weights are never downloaded; "
+                                "give a local state-dict file, or null to train from scratch).",
+                          what="a readable state dict", missing_error=ConfigError, error=DataError)
+    state = plain_state_dict(raw, path, error=DataError)
     own = net.state_dict()
     if not any(k in own for k in state):
         state = {f"encoder.{k}": v for k, v in state.items()}
@@ -132,14 +121,12 @@ def load_lung_model(path: str | Path, device="cpu") -> LungModel:
     """A lung model saved by the segment stage (``runs/<exp>/segment/model.pt``), ready to predict."""
     import torch
 
+    from pipeline.checkpoints import read_torch_file
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"lung model {path} does not exist; train one with ./run.sh segment "
-                          "--config configs/lungs_shenzhen.yaml (or point at its segment/model.pt).")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{path}: cannot read the lung model ({str(exc).splitlines()[0]}).") from None
+    ckpt = read_torch_file(path, f"lung model {path} does not exist; train one with ./run.sh segment "
+                                 "--config configs/lungs_shenzhen.yaml (or point at its segment/model.pt).",
+                           what="a readable lung model", missing_error=ConfigError, error=DataError)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise DataError(f"{path}: not a lung model of this project (format {FORMAT} expected); "
                         "use the segment stage's segment/model.pt.")

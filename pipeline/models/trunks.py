@@ -30,20 +30,13 @@ STRIDES = (8, 16, 32)
 
 def _load_local(net, path: Path, head_prefixes: tuple[str, ...]) -> None:
     """Load a local state dict into ``net``: every trunk tensor must be there with the same shape."""
-    import torch
+    from pipeline.checkpoints import SAVE_HINT, plain_state_dict, read_torch_file
 
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"trunk weights file not found: {path}; pass a local state dict path or null "
-                            "(train from scratch). Nothing is downloaded.")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 (pickle/zip errors vary)
-        raise PipelineError(f"{path}: not a readable PyTorch state dict ({exc}); save it with "
-                            "torch.save(model.state_dict()).") from None
-    if not isinstance(raw, dict):
-        raise PipelineError(f"{path}: holds a {type(raw).__name__}, not a state dict")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in raw.items()}  # DataParallel
+    raw = read_torch_file(path, f"trunk weights file not found: {path}; pass a local state dict path or null "
+                                "(train from scratch). Nothing is downloaded.",
+                          what=f"a readable PyTorch state dict; {SAVE_HINT}")
+    state = plain_state_dict(raw, path)
     own = net.state_dict()
     bad = [k for k, v in own.items() if not k.startswith(head_prefixes) and not k.endswith("num_batches_tracked")
            and (k not in state or tuple(state[k].shape) != tuple(v.shape))]
