@@ -293,6 +293,27 @@ def test_demo_gate_folders_follow_data_root(tmp_path):
         class_folders(cfg.screen)
 
 
+def test_pictures_under_data_root_keep_their_ids_when_the_root_moves(tmp_path):
+    """The gate's table (its ids are in its fingerprint) must not change when the demo is copied elsewhere."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.config import load_config
+    from pipeline.gate.dataset import build_table
+
+    tables = []
+    for root in (tmp_path / "here", tmp_path / "elsewhere" / "copy"):
+        for sub in ("lungs/images", "other"):
+            (root / sub).mkdir(parents=True)
+            Image.fromarray(np.full((8, 8), 99, np.uint8)).save(root / sub / "a.png")
+        cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml",
+                          [f"data.root={root}", "screen.synthetic=0"])
+        table, _ = build_table(cfg.screen, 0, cfg.data.root)
+        tables.append(table.sort_values("image_id")[["image_id", "label", "source"]].reset_index(drop=True))
+    assert tables[0].equals(tables[1])
+    assert sorted(tables[0]["source"]) == ["lungs_images", "other"]
+
+
 def test_image_root_layout_and_several_folders_for_one_class(tmp_path):
     from pipeline.config import load_config
     from pipeline.gate.dataset import build_table

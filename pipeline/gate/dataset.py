@@ -7,7 +7,8 @@
   may feed one class, so real sets are used where they lie. ``screen.image_root`` is the ImageFolder
   form: each subfolder of the root named after a class holds that class's pictures. Folders are
   searched recursively for DICOM and raster images (:func:`pipeline.gate.images.collect_images`).
-* A folder's ``source`` is its last two path parts (``tbx11k_images``, ``chestxray14_bbox_256``):
+* A folder's ``source`` is its last two path parts (``tbx11k_images``, ``chestxray14_bbox_256``), or for a
+  folder written ``{data.root}/...`` its path after the root (``{data.root}/other`` -> ``other``):
   what ``screen.holdout_sources`` names, and what per-source figures are reported by.
 * ``screen.extras`` adds pictures bundled in installed packages (:mod:`pipeline.gate.extras`) and
   ``screen.synthetic`` generated ones (:mod:`pipeline.gate.synthetic`) to ``screen.extras_class``.
@@ -67,8 +68,21 @@ DATA_ROOT = "{data.root}"  # in a screen folder: the run's data.root (the demo's
 def class_folders(sc, data_root: str | Path | None = None) -> list[tuple[str, Path, str]]:
     """``(class, folder, config key)`` for every configured folder, classes checked against ``screen.classes``.
     A folder may start with ``{data.root}``, replaced by ``data_root``."""
+    return [(label, folder, key) for label, folder, key, _ in folder_sources(sc, data_root)]
+
+
+def _root_relative_source(folder: str) -> str:
+    """``{data.root}/lungs/images`` -> ``lungs_images``, ``{data.root}/other`` -> ``other``: the same name
+    wherever the data root lies, so moving a demo or dataset does not rename its pictures (and retrain)."""
+    rel = [p for p in folder[len(DATA_ROOT):].replace("\\", "/").split("/") if p not in ("", ".")]
+    return _UNSAFE.sub("_", "_".join(rel)).strip("_") or "root"
+
+
+def folder_sources(sc, data_root: str | Path | None = None) -> list[tuple[str, Path, str, str]]:
+    """:func:`class_folders` with each folder's source name: the path after ``{data.root}`` for a folder
+    written that way (see :func:`_root_relative_source`), else its last two path parts (:func:`source_name`)."""
     classes = list(sc.classes)
-    out: list[tuple[str, Path, str]] = []
+    out: list[tuple[str, Path, str, str]] = []
     for label, folders in (sc.folders or {}).items():
         if label not in classes:
             raise ConfigError(f"screen.folders.{label}: {label!r} is not in screen.classes {classes}; add it there "
@@ -79,16 +93,19 @@ def class_folders(sc, data_root: str | Path | None = None) -> list[tuple[str, Pa
             raise ConfigError(f"screen.folders.{label}: give a folder or a list of folders, got {folders!r}")
         if data_root is None and any(DATA_ROOT in f for f in folders):
             raise ConfigError(f"screen.folders.{label}: {DATA_ROOT} is only known inside a run (the screen stage)")
-        folders = [f.replace(DATA_ROOT, str(data_root)) if data_root is not None else f for f in folders]
-        out += [(label, resolve_folder(f, f"screen.folders.{label}[{i}]"), f"screen.folders.{label}[{i}]")
-                for i, f in enumerate(folders)]
+        for i, raw in enumerate(folders):
+            f = raw.replace(DATA_ROOT, str(data_root)) if data_root is not None else raw
+            key = f"screen.folders.{label}[{i}]"
+            folder = resolve_folder(f, key)
+            source = _root_relative_source(raw) if raw.startswith(DATA_ROOT) else source_name(folder)
+            out.append((label, folder, key, source))
     if sc.image_root:
         root = resolve_folder(sc.image_root, "screen.image_root")
         for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if sub.name not in classes:
                 raise ConfigError(f"screen.image_root: subfolder {sub} is not a class of screen.classes {classes}; "
                                   "rename it or add the class")
-            out.append((sub.name, sub, f"screen.image_root/{sub.name}"))
+            out.append((sub.name, sub, f"screen.image_root/{sub.name}", source_name(sub)))
     return out
 
 
@@ -109,11 +126,10 @@ def build_table(sc, seed: int, data_root: str | Path | None = None) -> tuple[pd.
         seen.add(image_id)
         rows.append((image_id, label, source, group, kind, str(path), what))
 
-    for label, folder, key in class_folders(sc, data_root):
+    for label, folder, key, src in folder_sources(sc, data_root):
         files = collect_images([folder])
         if not files:
             raise DataError(f"{key}: no images (DICOM, PNG, JPEG...) found under {folder}")
-        src = source_name(folder)
         for f in files:
             add(label, src, group_key(f), "file", f, "", f.stem)
     if sc.extras or sc.synthetic:
