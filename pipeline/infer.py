@@ -10,7 +10,9 @@ a binary classifier. Coordinates are written in the INPUT file's pixels.
 Writes, under OUT: ``detections.csv`` (image_id, class_id, class_name, score, x_min, y_min, x_max, y_max;
 finding classes only), ``classifier.csv`` (image_id, p_<label>...), ``overlays/<id>.png``, ``index.html``,
 ``failures.csv`` (inputs that could not be read, as in prepare). Lung masks and the input gate's
-``screen.csv`` are added by :mod:`pipeline.infer_extras` when the run has those models.
+``screen.csv`` are added by :mod:`pipeline.infer_extras` when the run has those models, and a localise
+run's networks' ``localisation.csv`` by :mod:`pipeline.infer_localise` (its boxes on the overlays when the
+run has no detector).
 """
 from __future__ import annotations
 
@@ -144,10 +146,13 @@ def run_infer(run_dir: Path, out: Path, inputs: list[str], conf: float | None = 
     out = Path(out)
     work = out / ".work"
     set_cache_dir(work / "cache")
+    from pipeline.infer_localise import localise, localise_models, overlay_boxes
+
     det_weights, cls_weights = _detector_weights(cfg, paths), _classifier_weights(cfg, paths)
-    if not det_weights and not cls_weights:
-        raise PipelineError(f"{paths.run_dir}: no trained detector fold (det/<name>/fold<k>/weights) and no "
-                            "classifier fold (cls/<name>/fold<k>/best.pt); run train_det or train_cls first.")
+    if not det_weights and not cls_weights and not localise_models(paths):
+        raise PipelineError(f"{paths.run_dir}: no trained detector fold (det/<name>/fold<k>/weights), no "
+                            "classifier fold (cls/<name>/fold<k>/best.pt) and no localisation network "
+                            "(localise/<method>/fold<k>/model.pt); run train_det, train_cls or localise first.")
     found, failures = find_inputs(inputs)
     if not found and not failures:
         raise DataError(f"no image files in {inputs} (DICOM, PNG or JPEG).")
@@ -192,7 +197,11 @@ def run_infer(run_dir: Path, out: Path, inputs: list[str], conf: float | None = 
     write_csv_atomic(dets.reindex(columns=DETECTION_OUT), out / "detections.csv")
     write_csv_atomic(pd.DataFrame(failures, columns=["image_id", "split", "source", "reason"]), out / "failures.csv")
     summary.update(extras(cfg, paths, out, pngs, meta))
-    _overlays(out, pngs, meta, dets, probs, summary.get("lung_masks") or {})
+    loc = localise(cfg, paths, out, items)
+    loc_boxes = loc.pop("_boxes", None)
+    summary.update(loc)
+    shown = dets if len(dets) or loc_boxes is None else overlay_boxes(loc_boxes)
+    _overlays(out, pngs, meta, shown, probs, summary.get("lung_masks") or {})
     summary["detections"] = int(len(dets))
     return summary
 

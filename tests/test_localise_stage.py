@@ -105,6 +105,27 @@ def test_stage_end_to_end_contract_report_skip_and_retrain_one_method(prepared, 
     assert len(json.loads(paths.localise_record("cln", 0).read_text())["summary"]["history"]) == 2
     assert paths.localise_weights("gradcam", 0).stat().st_mtime_ns <= mtime
 
+    # infer applies the run's networks (every fold) to new files: boxes in the INPUT file's pixels
+    from PIL import Image
+
+    from pipeline.infer import run_infer
+
+    src = Image.open(sorted((root / "demo").rglob("*.png"))[0]).convert("L")
+    new = tmp_path / "new"
+    new.mkdir()
+    src.resize((200, 150)).save(new / "wide.png")
+    summary = run_infer(paths.run_dir, tmp_path / "inf", [str(new)])
+    assert summary["localisation_methods"] == NETS
+    loc = pd.read_csv(tmp_path / "inf" / "localisation.csv", dtype={"image_id": str})
+    assert list(loc.columns) == ["image_id", "method", "class_id", "class_name", "score", "x_min", "y_min", "x_max",
+                                 "y_max"]
+    assert set(loc["method"]) <= set(NETS) and set(loc["image_id"]) == {"wide"}
+    assert loc["class_name"].isin(L.BOX_CLASSES).all() and loc.groupby(["method", "class_id"]).size().max() <= 3
+    assert (loc[["x_min", "x_max"]].to_numpy() <= 200 + 1e-6).all() and (loc[["y_min", "y_max"]].to_numpy() <= 150 + 1e-6).all()
+    lp = pd.read_csv(tmp_path / "inf" / "localisation_probs.csv", dtype={"image_id": str})
+    assert sorted(lp["method"]) == sorted(NETS) and lp.filter(like="p_").to_numpy().max() <= 1
+    assert (tmp_path / "inf" / "overlays" / "wide.png").is_file()
+
 
 def test_yolo_reads_the_runs_detector_oof_predictions(prepared, tmp_path):
     """A detector whose out-of-fold boxes equal the truth finds every box at every T; its AUC comes from
