@@ -210,6 +210,11 @@ def main(argv=None) -> int:
               f"{run['ms_per_image']:.2f} ms/image; CPU s: {cpu[0]:.2f} main process + {cpu[1]:.2f} pool workers; "
               f"load average {load:.1f} before ({len(fused):,} fused boxes, "
               f"{n_rows / max(len(fused), 1):.2f} input boxes per fused box)")
+    if bool(fc.source_nms):  # the pipeline's default: NMS inside each source first (pipeline.source_nms)
+        _, sec, _ = _timed(lambda: fuse_detections(frames, sizes, workers=1, source_nms=True, **opts), cpu=True)
+        result["source_nms_1_worker_seconds"] = round(sec, 3)
+        print(f"with fuse.source_nms (the config's setting), 1 worker: {sec:.2f} s = "
+              f"{1000 * sec / args.images:.2f} ms/image")
     one = {r["workers"]: r["seconds"] for r in result["runs"]}
     if 1 in one and 2 in one:
         result["speedup_2_workers"] = round(one[1] / one[2], 2)

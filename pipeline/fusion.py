@@ -19,6 +19,7 @@ import pandas as pd
 from pipeline.classes import NORMAL_ID
 from pipeline.config import resolve_workers
 from pipeline.errors import DataError
+from pipeline.source_nms import source_nms_keep
 from pipeline.wbf import CONF_TYPES, weighted_boxes_fusion_batched
 
 DET_COLUMNS = ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"]
@@ -169,34 +170,6 @@ def _pool_task(bounds: tuple[int, int]):
     return _fuse_range(_POOL_INPUT, *bounds)
 
 
-def source_nms_keep(boxes: np.ndarray, scores: np.ndarray, image: np.ndarray, source: np.ndarray,
-                    label: np.ndarray, iou_thr: float) -> np.ndarray:
-    """Which rows survive NMS at ``iou_thr`` inside each (image, source, class) group (a boolean mask).
-
-    Why: WBF averages the scores of every box that joins a cluster. A detector's own NMS (``det.iou``,
-    usually above the fusion's ``iou_thr``) leaves weaker boxes around an object that overlap the best
-    one by less than its threshold but more than WBF's; they join the object's cluster and pull its
-    score down (measured on the demo's out-of-fold Cardiomegaly boxes: 0.372 and 0.337 from the two
-    flips fused to 0.109 with four weak neighbours; the class's AP fell from 0.62 to 0.42). After this
-    NMS a source gives one box per object, as WBF assumes for each model. Boxes of other sources or
-    classes never suppress each other; IoU is unchanged by per-axis scaling, so normalised boxes do.
-    """
-    import torch
-    from torchvision.ops import batched_nms
-
-    keep = np.zeros(len(boxes), dtype=bool)
-    valid = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
-    if not len(valid):
-        return keep
-    _, group = np.unique(np.stack([image[valid], source[valid], label[valid]], axis=1), axis=0,
-                         return_inverse=True)
-    kept = batched_nms(torch.as_tensor(boxes[valid], dtype=torch.float64),
-                       torch.as_tensor(scores[valid], dtype=torch.float64),
-                       torch.as_tensor(group.reshape(-1), dtype=torch.int64), float(iou_thr))
-    keep[valid[kept.numpy()]] = True
-    return keep
-
-
 def fuse_detections(frames: Sequence[pd.DataFrame], sizes: pd.DataFrame, method: str = "wbf",
                     iou_thr: float = 0.4, skip_box_thr: float = 0.0, conf_type: str = "avg",
                     weights: Sequence[float] | None = None, workers: int = 1, sigma: float = 0.5,
@@ -222,7 +195,7 @@ def fuse_detections(frames: Sequence[pd.DataFrame], sizes: pd.DataFrame, method:
     always use the library.
     ``workers > 1`` fuses chunks of ``chunk_size`` images in a process pool (``0`` = all cores).
     ``source_nms`` (WBF only): first NMS inside each source, image and class at ``iou_thr`` (see
-    :func:`source_nms_keep`), so that one source gives at most one box per cluster, as WBF assumes.
+    pipeline.source_nms), so that one source gives at most one box per cluster, as WBF assumes.
     Returns a detections table sorted by image and descending score; images without any box are absent.
     """
     if method not in METHODS:

@@ -77,6 +77,29 @@ def test_source_nms_keeps_boxes_that_overlap_less_than_the_fusion_iou():
     np.testing.assert_allclose(sorted(out["score"]), [0.3, 0.8])
 
 
+@pytest.mark.parametrize("iou_thr", [0.3, 0.5])
+def test_lock_step_source_nms_keeps_what_torchvision_batched_nms_keeps(iou_thr):
+    import torch
+    from torchvision.ops import batched_nms
+
+    from pipeline.source_nms import source_nms_keep
+
+    rng = np.random.default_rng(3)
+    n = 3000  # above torchvision's 4,000-number threshold: its per-group loop is the reference
+    centre = rng.uniform(0.2, 0.8, (n, 2)).round(1)  # few sites: many overlapping boxes per group
+    half = rng.uniform(0.02, 0.15, (n, 2))
+    boxes = np.hstack([centre - half, centre + half])
+    boxes[:5, 2] = boxes[:5, 0]  # zero width: never kept
+    scores = rng.permutation(n) / n  # distinct: no tie order to disagree on
+    image, source, label = rng.integers(0, 20, n), rng.integers(0, 4, n), rng.integers(0, 3, n).astype(float)
+    ours = source_nms_keep(boxes, scores, image, source, label, iou_thr)
+    ok = np.flatnonzero(~np.isin(np.arange(n), range(5)))
+    group = torch.as_tensor((image * 4 + source) * 3 + label.astype(int))[ok]
+    ref = np.zeros(n, bool)
+    ref[ok[batched_nms(torch.as_tensor(boxes[ok]), torch.as_tensor(scores[ok]), group, iou_thr).numpy()]] = True
+    assert 0 < ours.sum() < n - 5 and np.array_equal(ours, ref)
+
+
 def test_weights_change_the_fused_score_and_box_as_ensemble_boxes_computes():
     a = det([("a", 0, 0.8, 100, 100, 300, 200)])
     b = det([("a", 0, 0.4, 120, 100, 320, 200)])
