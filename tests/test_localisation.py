@@ -126,14 +126,9 @@ def test_wang_reference_means_and_tables():
 # the comparison end to end (benchmarks/nih_localise.py) on the synthetic ChestX-ray14 demo
 # ---------------------------------------------------------------------------------------------
 def _benchmark():
-    import importlib.util
-    from pathlib import Path
+    from tests.benchmark_modules import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "nih_localise.py"
-    spec = importlib.util.spec_from_file_location("nih_localise", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("nih_localise")
 
 
 @pytest.mark.usefixtures("one_torch_thread")
