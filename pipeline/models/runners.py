@@ -160,16 +160,15 @@ def save(model, path: Path) -> Path:
 
 def load(method: str, n_labels: int, s: MethodSettings, path: Path, device: str = "cpu"):
     """The network of ``method`` with the state dict at ``path`` (``weights_only``: no pickled code)."""
-    import torch
-
+    from pipeline.checkpoints import read_torch_file
     from pipeline.errors import PipelineError
 
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"checkpoint not found: {path}; train the fold first.")
+    state = read_torch_file(path, f"checkpoint not found: {path}; train the fold first.",
+                            what=f"a {method} checkpoint of the localise stage (re-run that fold)")
     model = build(method, n_labels, MethodSettings(**{**s.as_dict(), "weights": None}))
     try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise PipelineError(f"{path}: does not fit a {method} network on {s.backbone} with {n_labels} labels "
                             f"({str(exc).splitlines()[0]}); retrain with the current settings.") from None
