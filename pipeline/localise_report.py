@@ -115,6 +115,21 @@ def console(metrics: dict) -> str:
     return "" if not loc else format_table(loc, "iou") + "\n\n" + format_auc(loc)
 
 
+def write_metrics(paths, metrics: dict) -> dict:
+    """``metrics`` with the localise stage's comparison added (when the run has one), written to metrics.json."""
+    from pipeline.io import write_json_atomic
+
+    metrics.update(read_localisation(paths))
+    write_json_atomic(paths.metrics_json, metrics)
+    return metrics
+
+
+def print_tables(metrics: dict) -> None:
+    """The console tables of :func:`console`, when the metrics have a localisation block."""
+    if metrics.get("localisation"):
+        print(console(metrics))
+
+
 def localisation_page(cfg, paths, rule: dict) -> dict:
     """metrics.json and report.html of a run whose predictions are the localise stage's only."""
     from pipeline.io import write_json_atomic
@@ -147,4 +162,5 @@ def localisation_page(cfg, paths, rule: dict) -> dict:
     return out
 
 
-__all__ = ["console", "localisation_page", "read_localisation", "relevance_table", "sections"]
+__all__ = ["console", "localisation_page", "print_tables", "read_localisation", "relevance_table", "sections",
+           "write_metrics"]

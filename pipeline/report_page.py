@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.io import write_json_atomic
 from pipeline.report import (label_distribution, normal_confusion, plot_confusion, plot_label_distribution,
                              plot_per_class_ap, plot_pr_curves, plot_roc, table_html, write_report)
 
@@ -153,10 +152,9 @@ def classifier_only_page(cfg, paths, classes, rule: dict) -> dict:
                "note": "no detector predictions in this run: classifier metrics only", "out_of_fold_rule": rule,
                "summary": {"cls_auc": cls_metrics.get("auc")}, "classifier": cls_metrics,
                "classifier_details": extra}
-    from pipeline.localise_report import console, read_localisation, sections as localisation_sections
+    from pipeline.localise_report import print_tables, sections as localisation_sections, write_metrics
 
-    metrics.update(read_localisation(paths))  # the localise stage's comparison, when the run has one
-    write_json_atomic(paths.metrics_json, metrics)
+    write_metrics(paths, metrics)  # with the localise stage's comparison, when the run has one
     out = {"cls_auc": cls_metrics.get("auc"), "metrics": str(paths.metrics_json)}
     if cfg.evaluate.plots:
         figures = [plot_roc(roc_curves, paths.plot("classifier_roc"))] if roc_curves else []
@@ -177,7 +175,6 @@ def classifier_only_page(cfg, paths, classes, rule: dict) -> dict:
         sections += localisation_sections(metrics)
         write_report(paths.report, f"Run {paths.name}: evaluation (classifier only)", sections, figures)
         out["report"] = str(paths.report)
-    if metrics.get("localisation"):
-        print(console(metrics))
+    print_tables(metrics)
     print(f"[evaluate] no detector predictions: classifier out-of-fold AUC {_f(cls_metrics.get('auc'))}")
     return {k: v for k, v in out.items() if v is not None}

@@ -252,3 +252,20 @@ def test_tiny_training_dice_rises(tmp_path):
     # Resuming a finished run with the same fingerprint trains nothing more and gives the same log.
     _, again = train(train_cache, s, tmp_path / "last.pt", "fp")
     assert again == rows
+
+
+def test_damaged_resume_file_restarts_training(tmp_path, capsys):
+    """A last.pt cut short (a kill while copying) or of another program is said and ignored, never a crash."""
+    import torch
+
+    from pipeline.lungs.train import read_resume_state
+
+    cut = tmp_path / "last.pt"
+    torch.save({"net": {}, "opt": {}, "sched": {}, "epoch": 3, "fingerprint": "fp"}, cut)
+    assert read_resume_state(cut)["epoch"] == 3
+    cut.write_bytes(cut.read_bytes()[:40])
+    assert read_resume_state(cut) is None
+    assert "last.pt: not a resume state of this stage" in capsys.readouterr().out
+    torch.save({"weights": 1}, cut)
+    assert read_resume_state(cut) is None and "training starts over" in capsys.readouterr().out
+    assert read_resume_state(tmp_path / "absent.pt") is None

@@ -133,6 +133,25 @@ def boxed_scores(net, cache: Cache, s: TrainSettings, device) -> tuple[float, fl
     return float(np.mean(dices)), float(np.mean(ious))
 
 
+def read_resume_state(last_path: Path) -> dict | None:
+    """The resume state in ``last_path``, or None when there is none or it cannot be read (a copy cut short,
+    another program's file): training then starts over, which is said, never a crash."""
+    from pipeline.checkpoints import read_torch_file
+    from pipeline.errors import PipelineError
+
+    if not Path(last_path).is_file():
+        return None
+    try:
+        state = read_torch_file(last_path, missing=f"{last_path}: missing", what="a resume state of this stage")
+    except PipelineError as exc:
+        print(f"[segment] {exc}; training starts over")
+        return None
+    if not isinstance(state, dict) or not {"net", "opt", "sched", "epoch"} <= set(state):
+        print(f"[segment] {last_path}: not a resume state of this stage; training starts over")
+        return None
+    return state
+
+
 def train(cache: Cache, s: TrainSettings, last_path: Path, fingerprint: str, monitor: Cache | None = None,
           log: Callable[[dict], None] | None = None, resume: bool = True):
     """Train on ``cache``; returns the network (eval mode) and the per-epoch log rows."""
@@ -153,8 +172,8 @@ def train(cache: Cache, s: TrainSettings, last_path: Path, fingerprint: str, mon
     factor = warmup_cosine(total, int(round(s.warmup_epochs * steps_per_epoch)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     start_epoch, rows = 0, []
-    if resume and Path(last_path).is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+    state = read_resume_state(last_path) if resume else None
+    if state is not None:
         if state.get("fingerprint") == fingerprint:
             net.load_state_dict(state["net"])
             opt.load_state_dict(state["opt"])

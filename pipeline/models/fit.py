@@ -14,7 +14,7 @@ the caller maps them to original pixels with ``Letterbox.to_source``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Sequence
 
 import numpy as np
@@ -30,6 +30,11 @@ class FitSettings:
     workers: int = 0
     seed: int = 42
     device: str = "cpu"
+
+    @classmethod
+    def taken_from(cls, settings) -> "FitSettings":
+        """The fit settings of a method's settings object: every field of the same name."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 def masked_bce(logits, batch: dict, pos_weight=None):

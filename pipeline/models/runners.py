@@ -113,8 +113,7 @@ def train(method: str, s: MethodSettings, items: Items, log: Callable[[str], Non
     tr = _dataset(method, items, s, True)
     pos_weight = F.pos_weight_of(tr.labels)
     loss_fn = (F.cln_loss_fn(pos_weight, s.loss_weights) if method == "cln" else F.classification_loss(pos_weight))
-    fs = F.FitSettings(epochs=s.epochs, batch=s.batch, lr=s.lr, weight_decay=s.weight_decay,
-                       warmup_epochs=s.warmup_epochs, workers=s.workers, seed=s.seed, device=s.device)
+    fs = F.FitSettings.taken_from(s)
     log(f"[{method}] train {len(tr)} images, {s.backbone} at {s.imgsz} px, {s.epochs} epochs")
     hist = F.fit(model, tr, loss_fn, fs, log)
     return model, {"history": hist["history"], "train_seconds": round(time.perf_counter() - start, 1),

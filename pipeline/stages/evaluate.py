@@ -24,7 +24,6 @@ from pipeline.classes import run_classes
 from pipeline.errors import PipelineError
 from pipeline.evaluation import _public, classifier_metrics, score, test_truth_path
 from pipeline.fusion import DET_COLUMNS, add_normal_from_detections, normal_rows
-from pipeline.io import write_json_atomic
 from pipeline.metrics import TRUTH_COLUMNS
 from pipeline.paths import RunPaths
 from pipeline.stages.fuse import model_files, read_detections, split_image_ids
@@ -147,10 +146,9 @@ def run(cfg, paths: RunPaths) -> dict:
                "oof": {k: _public(v) for k, v in scores.items()}, "coco": coco, "classifier": cls_metrics}
     if test is not None:
         metrics["test"] = test
-    from pipeline.localise_report import console, read_localisation
+    from pipeline.localise_report import print_tables, write_metrics
 
-    metrics.update(read_localisation(paths))  # the localise stage's comparison, when the run has one
-    write_json_atomic(paths.metrics_json, metrics)
+    write_metrics(paths, metrics)  # with the localise stage's comparison, when the run has one
     out = {k: v for k, v in summary.items() if v is not None}
     out["metrics"] = str(paths.metrics_json)
     if cfg.evaluate.plots:
@@ -163,8 +161,7 @@ def run(cfg, paths: RunPaths) -> dict:
     print(f"[evaluate] out-of-fold COCO AP50 {_f(coco['final']['ap50'])}, AP {_f(coco['final']['ap'])}, class-agnostic "
           f"AP50 {_f(coco['final']['agnostic']['ap50'])}; headline ({metric}): {_f(summary['headline_value'])}")
     print(f"[evaluate] {rule['statement']}")
-    if metrics.get("localisation"):
-        print(console(metrics))
+    print_tables(metrics)
     if fuse_info.get("warnings"):
         out["warnings"] = fuse_info["warnings"]
     return out
