@@ -269,3 +269,15 @@ def test_damaged_resume_file_restarts_training(tmp_path, capsys):
     torch.save({"weights": 1}, cut)
     assert read_resume_state(cut) is None and "training starts over" in capsys.readouterr().out
     assert read_resume_state(tmp_path / "absent.pt") is None
+
+
+def test_mask_resolution_benchmark_measures_the_round_trip_loss():
+    """benchmarks/mask_resolution.py: a mask through the stage's letterbox and back loses more the smaller
+    the network input, and almost nothing at the mask's own size."""
+    from tests.benchmark_modules import load_benchmark
+
+    yy, xx = np.mgrid[:300, :240]
+    mask = ((xx - 80) / 45.0) ** 2 + ((yy - 150) / 110.0) ** 2 < 1   # one elliptic "lung", not centred
+    mod = load_benchmark("mask_resolution")
+    tiny, small, full = (mod.round_trip_iou(mask, s) for s in (16, 64, 320))
+    assert tiny < small < full and full > 0.99 and tiny < 0.98
