@@ -23,10 +23,23 @@ def test_every_default_key_has_a_typed_comment():
         assert re.search(r"#\s*[\w\[\]|,. ]+:", line), f"default.yaml line without a typed comment: {line!r}"
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "vinbigdata.yaml", "chestxray14.yaml"])
+EXPERIMENT_FILES = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name != "default.yaml")
+
+
+def test_the_shipped_recipes_are_all_checked():
+    assert {"demo.yaml", "vinbigdata.yaml", "chestxray14.yaml", "nih_bbox.yaml", "nih_localise.yaml",
+            "lungs_shenzhen.yaml", "gate.yaml", "tbx11k.yaml"} <= set(EXPERIMENT_FILES)
+
+
+@pytest.mark.parametrize("name", EXPERIMENT_FILES)
 def test_experiment_files_load(name):
+    """Every shipped recipe loads against the defaults and names only stages that exist."""
+    from pipeline.stages import STAGES
+
     cfg = load_config(CONFIG_DIR / name)
     assert cfg.run.name
+    stages = cfg.run.stages or []
+    assert [s for s in stages if s not in STAGES] == [], f"{name}: unknown stage in run.stages"
 
 
 def test_merge_order_defaults_then_file_then_overrides(tmp_path):
