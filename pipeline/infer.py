@@ -142,17 +142,22 @@ def run_infer(run_dir: Path, out: Path, inputs: list[str], conf: float | None = 
     from pipeline.io import write_csv_atomic
 
     cfg, paths = load_run(run_dir)
-    classes = run_classes(paths)
     out = Path(out)
     work = out / ".work"
     set_cache_dir(work / "cache")
+    from pipeline.infer_extras import gate_model_path, lung_model_path
     from pipeline.infer_localise import localise, localise_models, overlay_boxes
 
     det_weights, cls_weights = _detector_weights(cfg, paths), _classifier_weights(cfg, paths)
-    if not det_weights and not cls_weights and not localise_models(paths):
+    if not (det_weights or cls_weights or localise_models(paths) or lung_model_path(cfg, paths)
+            or gate_model_path(cfg, paths)):
         raise PipelineError(f"{paths.run_dir}: no trained detector fold (det/<name>/fold<k>/weights), no "
-                            "classifier fold (cls/<name>/fold<k>/best.pt) and no localisation network "
-                            "(localise/<method>/fold<k>/model.pt); run train_det, train_cls or localise first.")
+                            "classifier fold (cls/<name>/fold<k>/best.pt), no localisation network "
+                            "(localise/<method>/fold<k>/model.pt), no lung model (segment/model.pt) and no gate "
+                            "(screen/model.pt); run train_det, train_cls, localise, segment or screen first.")
+    # the class list (dataset.yaml, written by prepare) only matters to the detector and the classifier: a
+    # lung-model or gate run (configs/lungs_shenzhen.yaml, configs/gate.yaml) has none
+    classes = run_classes(paths) if det_weights or cls_weights else None
     found, failures = find_inputs(inputs)
     if not found and not failures:
         raise DataError(f"no image files in {inputs} (DICOM, PNG or JPEG).")

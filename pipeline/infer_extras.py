@@ -1,8 +1,9 @@
 """What ``infer`` adds when the run has the optional models: lung masks and the input gate.
 
 * lungs: the run's lung model (``segment/model.pt``, or the one ``image.lung_model`` names) predicts each
-  input; ``OUT/lungs/<image_id>.png`` is a 0/255 mask of the INPUT file's size, and the outline is drawn
-  on the overlays;
+  input's decoded picture (as the segment stage and the lung crop see pictures; not the CLAHE'd PNG);
+  ``OUT/lungs/<image_id>.png`` is a 0/255 mask of the INPUT file's size, and the outline is drawn on the
+  overlays;
 * gate: the run's gate model (``screen/model.pt``, or ``screen.model``) decides chest / other X-ray / not
   X-ray from the DICOM header where it says, else from the picture: ``OUT/screen.csv``.
 """
@@ -50,29 +51,36 @@ def extras(cfg, paths, out: Path, pngs: list[tuple[str, Path]], meta: pd.DataFra
     return summary
 
 
+LUNG_DECODE_SIDE = 1024  # a DICOM is decoded for the lung model at no more than this longer side (fast JPEG 2000)
+
+
 def _lungs(cfg, model_path: Path, out: Path, pngs, meta: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Masks in ORIGINAL (input) pixels, written as 0/255 PNGs; returned for the overlays."""
+    """Masks in ORIGINAL (input) pixels, written as 0/255 PNGs; returned for the overlays.
+
+    The lung model sees each input as the segment stage saw its training images and as the lung crop
+    sees them: the decoded picture, linearly mapped (a DICOM's window or percentiles), before prepare's
+    resizing and CLAHE; not the converted PNG, whose CLAHE changes the local contrast the model learned
+    (on the Shenzhen test split the PNG path lost 0.007 IoU: docs/notes/lungs.md)."""
     import cv2
 
+    from pipeline import dicom, imaging
+    from pipeline.convert import ConvertOptions
     from pipeline.io import write_bytes_atomic
     from pipeline.lungs import load_lung_model, predict_masks
 
-    from pipeline.frames import frame_table
-
+    options = ConvertOptions.from_config(cfg.image)
     model = load_lung_model(model_path, "cpu")
-    size = meta.set_index("image_id")[["width", "height"]].astype(int)
-    frames = frame_table(meta).round().astype(int)
+    sources = meta.set_index("image_id")["source"].astype(str)
     masks = {}
-    for start in range(0, len(pngs), 16):
-        chunk = pngs[start:start + 16]
-        images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for _, p in chunk]
-        for (image_id, _), mask in zip(chunk, predict_masks(model, images)):
-            # the PNG shows the frame (the whole image, or the lung crop): back to the input file's pixels
-            x0, y0, x1, y1 = frames.loc[image_id, ["x0", "y0", "x1", "y1"]]
-            full = np.zeros((int(size.at[image_id, "height"]), int(size.at[image_id, "width"])), dtype=bool)
-            full[y0:y1, x0:x1] = cv2.resize(mask.astype(np.uint8), (int(x1 - x0), int(y1 - y0)),
-                                            interpolation=cv2.INTER_NEAREST).astype(bool)
-            ok, buf = cv2.imencode(".png", (full * 255).astype(np.uint8))
-            write_bytes_atomic(out / "lungs" / f"{image_id}.png", buf.tobytes())
-            masks[image_id] = full
+    for image_id, _ in pngs:
+        img = dicom.read_image(sources[image_id], voi_lut=options.voi_lut, percentiles=options.percentiles,
+                               target_shape=lambda h, w: imaging.output_shape(h, w, LUNG_DECODE_SIDE),
+                               fast_decode=options.fast_decode, decode_slack=options.decode_slack,
+                               multiframe=options.multiframe)
+        mask = predict_masks(model, [img.pixels])[0]
+        if mask.shape != (img.height, img.width):  # a reduced decode: back to the input file's pixels
+            mask = cv2.resize(mask.astype(np.uint8), (img.width, img.height), interpolation=cv2.INTER_NEAREST) > 0
+        ok, buf = cv2.imencode(".png", (mask * 255).astype(np.uint8))
+        write_bytes_atomic(out / "lungs" / f"{image_id}.png", buf.tobytes())
+        masks[image_id] = mask
     return masks

@@ -73,3 +73,48 @@ def test_infer_writes_every_file_with_boxes_in_input_pixels(tiny_run, tmp_path):
     # the same picture at twice the size: twice the coordinates (to about a PNG pixel), same scores
     bb = _boxes(out, "big")
     np.testing.assert_allclose(bb[:3, 1:], 2 * ba[:3, 1:], atol=2.5)
+
+
+def test_infer_on_a_lung_model_run_writes_masks_from_the_decoded_picture(tmp_path, monkeypatch):
+    """A run with only a lung model (configs/lungs_shenzhen.yaml: no prepare, no dataset.yaml) infers; each
+    mask has the input file's size and comes from the decoded picture the segment stage trains on, not
+    from the converted PNG (whose CLAHE the model never saw)."""
+    import torch
+
+    import pipeline.lungs as lungs
+    from pipeline.__main__ import main
+    from pipeline.config import load_config
+    from pipeline.dicom import read_png
+    from pipeline.lungs.model import build_net, save_lung_model
+    from tests.test_lungs import _tiny_spec
+
+    run = tmp_path / "lungs_run"
+    cfg = load_config(None, {"run.root": str(tmp_path), "run.name": "lungs_run", "run.stages": ["segment"],
+                             "image.clahe": True, "image.size": 128})
+    paths = RunPaths.from_config(cfg)
+    save_config(cfg, paths.config)
+    torch.manual_seed(0)
+    save_lung_model(paths.segment_model, build_net(_tiny_spec()).eval(), _tiny_spec(), 64, "histeq", "tb")
+    assert not paths.dataset_yaml.exists()
+
+    def dark_half(model, images, **kw):  # the "lungs": the darker half of the picture it is given
+        return [np.asarray(im, float) < np.median(np.asarray(im, float)) for im in images]
+
+    monkeypatch.setattr(lungs, "predict_masks", dark_half)
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:300, :200]
+    picture = (60 + 120 * ((xx - 100) ** 2 / 80 ** 2 + (yy - 150) ** 2 / 130 ** 2) + rng.normal(0, 25, (300, 200)))
+    src = tmp_path / "in" / "chest.png"
+    src.parent.mkdir()
+    cv2.imwrite(str(src), np.clip(picture, 0, 255).astype(np.uint8))
+    out = tmp_path / "out"
+    assert main(["infer", "--run", str(run), "--out", str(out), str(src)]) == 0
+    mask = cv2.imread(str(out / "lungs" / "chest.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (300, 200) and set(np.unique(mask)) <= {0, 255}
+    expected = dark_half(None, [read_png(src).pixels])[0]
+    assert np.array_equal(mask > 0, expected)
+    converted = cv2.imread(str(out / ".work" / "images" / "chest.png"), cv2.IMREAD_GRAYSCALE)
+    from_png = cv2.resize(dark_half(None, [converted])[0].astype(np.uint8), (200, 300),
+                          interpolation=cv2.INTER_NEAREST) > 0
+    assert not np.array_equal(from_png, expected)  # the CLAHE'd, resized PNG would have given another mask
+    assert (out / "overlays" / "chest.png").is_file() and not (out / "detections.csv").read_text().strip().count("\n")

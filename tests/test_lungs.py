@@ -281,3 +281,31 @@ def test_mask_resolution_benchmark_measures_the_round_trip_loss():
     mod = load_benchmark("mask_resolution")
     tiny, small, full = (mod.round_trip_iou(mask, s) for s in (16, 64, 320))
     assert tiny < small < full and full > 0.99 and tiny < 0.98
+
+
+def test_infer_lungs_benchmark_scores_written_masks_and_counts_missing_ones(tmp_path):
+    """benchmarks/infer_lungs.py: each OUT/lungs/<id>.png against its truth, a missing mask counts IoU 0 and
+    is listed, a mask not in the input's pixels is refused."""
+    import cv2
+
+    from pipeline.lungs.data import MaskItem
+    from tests.benchmark_modules import load_benchmark
+
+    truth = np.zeros((40, 60), np.uint8)
+    truth[10:30, 10:50] = 255
+    items = []
+    for name in ("same", "half", "gone"):
+        cv2.imwrite(str(tmp_path / f"{name}_mask.png"), truth)
+        items.append(MaskItem(name, tmp_path / f"{name}.png", (tmp_path / f"{name}_mask.png",), "test"))
+    lungs = tmp_path / "lungs"
+    lungs.mkdir()
+    cv2.imwrite(str(lungs / "same.png"), truth)
+    half = truth.copy()
+    half[:, 30:] = 0
+    cv2.imwrite(str(lungs / "half.png"), half)
+    mod = load_benchmark("infer_lungs")
+    rows, missing = mod.score(items, lungs)
+    assert [round(r["iou"], 3) for r in rows] == [1.0, 0.5, 0.0] and missing == ["gone"]
+    cv2.imwrite(str(lungs / "same.png"), cv2.resize(truth, (30, 20)))
+    with pytest.raises(SystemExit, match="input file's pixels"):
+        mod.score(items[:1], lungs)
