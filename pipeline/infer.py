@@ -9,8 +9,8 @@ a binary classifier. Coordinates are written in the INPUT file's pixels.
 
 Writes, under OUT: ``detections.csv`` (image_id, class_id, class_name, score, x_min, y_min, x_max, y_max;
 finding classes only), ``classifier.csv`` (image_id, p_<label>...), ``overlays/<id>.png``, ``index.html``,
-``failures.csv`` (inputs that could not be read, as in prepare). Lung masks and the input gate's
-``screen.csv`` are added by :mod:`pipeline.infer_extras` when the run has those models, and a localise
+``failures.csv`` (inputs that could not be read, as in prepare; one the run's gate rejected is only set aside).
+Lung masks and the input gate's ``screen.csv`` (a row for every input) are added by :mod:`pipeline.infer_extras` when the run has those models, and a localise
 run's networks' ``localisation.csv`` by :mod:`pipeline.infer_localise` (its boxes on the overlays when the
 run has no detector).
 """
@@ -200,8 +200,17 @@ def run_infer(run_dir: Path, out: Path, inputs: list[str], conf: float | None = 
         dets = dets[dets["class_id"] != classes.normal_id].copy()
         dets["class_name"] = [classes.names[int(c)] for c in dets["class_id"]]
     write_csv_atomic(dets.reindex(columns=DETECTION_OUT), out / "detections.csv")
+    summary.update(extras(cfg, paths, out, pngs, meta, found))
+    # an input the gate decided is not a chest X-ray and that conversion refused (a colour photograph) is
+    # set aside, as prepare sets rejected images aside: listed in failures.csv with the gate's word, and
+    # not an error; every other input that could not be read still is
+    set_aside = set(summary.pop("gate_rejected_ids", []))
+    for f in failures:
+        if f["image_id"] in set_aside:
+            f["reason"] = f"set aside by the gate (screen.csv: not a chest X-ray); {f['reason']}"
+    summary["set_aside"] = sum(f["image_id"] in set_aside for f in failures)
+    summary["failures"] = len(failures) - summary["set_aside"]
     write_csv_atomic(pd.DataFrame(failures, columns=["image_id", "split", "source", "reason"]), out / "failures.csv")
-    summary.update(extras(cfg, paths, out, pngs, meta))
     loc = localise(cfg, paths, out, items)
     loc_boxes = loc.pop("_boxes", None)
     summary.update(loc)

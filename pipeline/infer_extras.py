@@ -31,23 +31,30 @@ def gate_model_path(cfg, paths) -> Path | None:
     return None
 
 
-def extras(cfg, paths, out: Path, pngs: list[tuple[str, Path]], meta: pd.DataFrame) -> dict:
-    """Lung masks and screen.csv for the converted inputs (``pngs``: (image_id, converted PNG))."""
+def extras(cfg, paths, out: Path, pngs: list[tuple[str, Path]], meta: pd.DataFrame,
+           inputs: list[tuple[str, Path]]) -> dict:
+    """Lung masks for the converted inputs (``pngs``: (image_id, converted PNG)) and screen.csv for EVERY
+    input found (``inputs``: (image_id, file)): a colour photograph cannot be converted, but the gate
+    still decides it (not_xray), which is what screen.csv is for."""
     summary: dict = {}
     lung = lung_model_path(cfg, paths)
     if lung is not None and pngs:
         summary["lung_masks"] = _lungs(cfg, lung, out, pngs, meta)
         summary["lungs"] = str(out / "lungs")
     gate = gate_model_path(cfg, paths)
-    if gate is not None and len(meta):
+    if gate is not None and inputs:
         from pipeline.gate import screen_files
+        from pipeline.gate.screen import UNREADABLE
         from pipeline.io import write_csv_atomic
 
-        table = screen_files(meta["source"].tolist(), gate, device="cpu")
-        table["image_id"] = meta["image_id"].astype(str).to_numpy()  # the input file's stem, as in detections.csv
+        table = screen_files([src for _, src in inputs], gate, device="cpu")
+        table["image_id"] = [i for i, _ in inputs]  # the input file's stem, as in detections.csv
         write_csv_atomic(table, out / "screen.csv")
         summary["screen"] = str(out / "screen.csv")
-        summary["rejected"] = int((~table["accepted"].astype(bool)).sum())
+        rejected = table[~table["accepted"].astype(bool)]
+        summary["rejected"] = int(len(rejected))
+        # decided by the gate (not unreadable): such an input that prepare's conversion refused is set aside
+        summary["gate_rejected_ids"] = sorted(rejected.loc[rejected["decision"] != UNREADABLE, "image_id"].astype(str))
     return summary
 
 

@@ -2,6 +2,8 @@
 mirrored boxes, a copy at twice the size the doubled boxes), unreadable inputs listed with exit 1."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -118,3 +120,44 @@ def test_infer_on_a_lung_model_run_writes_masks_from_the_decoded_picture(tmp_pat
                           interpolation=cv2.INTER_NEAREST) > 0
     assert not np.array_equal(from_png, expected)  # the CLAHE'd, resized PNG would have given another mask
     assert (out / "overlays" / "chest.png").is_file() and not (out / "detections.csv").read_text().strip().count("\n")
+
+
+def test_the_gate_in_infer_decides_every_input_and_sets_aside_what_it_rejects(tmp_path, monkeypatch):
+    """screen.csv has a row for every input, also one conversion refuses (a colour photograph); such an
+    input that the gate rejected is set aside (failures.csv says so, exit 0), an unreadable one still fails."""
+    import pipeline.gate as gate
+    from pipeline.__main__ import main
+    from pipeline.config import load_config
+    from pipeline.gate.screen import screen_columns
+
+    cfg = load_config(None, {"run.root": str(tmp_path), "run.name": "gate_run", "run.stages": ["screen"]})
+    paths = RunPaths.from_config(cfg)
+    save_config(cfg, paths.config)
+    paths.screen_model.parent.mkdir(parents=True, exist_ok=True)
+    paths.screen_model.write_bytes(b"stand-in: screen_files is replaced below")
+    seen = []
+
+    def fake_screen(files, model_path, **kw):
+        seen.extend(Path(f).name for f in files)
+        decide = {"grey.png": ("chest", True), "photo.png": ("not_xray", False), "broken.png": ("unreadable", False)}
+        rows = [[Path(f).stem, *decide[Path(f).name], 0.5, 0.25, 0.25, "test"] for f in files]
+        return pd.DataFrame(rows, columns=screen_columns(["chest", "other_xray", "not_xray"]))
+
+    monkeypatch.setattr(gate, "screen_files", fake_screen)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(inputs / "grey.png"), rng.integers(0, 255, (64, 48), np.uint8))
+    cv2.imwrite(str(inputs / "photo.png"), rng.integers(0, 255, (64, 48, 3), np.uint8))
+    (inputs / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert main(["infer", "--run", str(paths.run_dir), "--out", str(out), str(inputs)]) == 1  # broken.png
+    assert sorted(seen) == ["broken.png", "grey.png", "photo.png"]
+    screen = pd.read_csv(out / "screen.csv").set_index("image_id")
+    assert screen.loc["photo", "decision"] == "not_xray" and bool(screen.loc["grey", "accepted"])
+    fails = pd.read_csv(out / "failures.csv").set_index("image_id")
+    assert sorted(fails.index) == ["broken", "photo"]
+    assert fails.loc["photo", "reason"].startswith("set aside by the gate")
+    assert "set aside" not in fails.loc["broken", "reason"]
+    (inputs / "broken.png").unlink()
+    assert main(["infer", "--run", str(paths.run_dir), "--out", str(tmp_path / "out2"), str(inputs)]) == 0

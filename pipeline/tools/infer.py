@@ -12,7 +12,7 @@ def main(argv: list[str]) -> int:
         prog="./run.sh infer", description="Apply a finished run's detector folds (fused as the run fuses them), "
         "classifier and 2-class filter to new images, with the run's own preprocessing. Writes OUT/detections.csv "
         "(input-file pixels), OUT/classifier.csv, OUT/overlays/, OUT/index.html, OUT/failures.csv (and "
-        "OUT/lungs/, OUT/screen.csv when the run has those models). Exits 1 when an input could not be read.",
+        "OUT/lungs/, OUT/screen.csv when the run has those models). Exits 1 when an input could not be read (one the run's gate rejected is set aside instead).",
         epilog="example: ./run.sh infer --run runs/demo --out /tmp/out data/demo/test")
     p.add_argument("--run", required=True, help="a finished run directory (runs/<name>), also one copied from elsewhere")
     p.add_argument("--out", required=True, help="output folder")
@@ -24,6 +24,9 @@ def main(argv: list[str]) -> int:
     s = run_infer(a.run, a.out, a.inputs, conf=a.conf, tta=False if a.no_tta else None, workers=a.workers)
     print(f"[infer] {s['images']} image(s), {s['detections']} detection(s) -> {s['out']}/detections.csv; "
           f"overlays in {s['out']}/index.html")
+    if s.get("set_aside"):
+        print(f"[infer] {s['set_aside']} input(s) the gate rejected could not be converted either: set aside "
+              f"(see {s['out']}/screen.csv and failures.csv)")
     if s["failures"]:
         print(f"[infer] {s['failures']} input(s) could not be read: see {s['out']}/failures.csv")
         return 1
