@@ -9,7 +9,9 @@ No truth exists for these images, so this measures what a wrong mask usually bre
 * ``balanced``: share whose smaller lung is at least 35 % of the larger (by area);
 * ``plausible``: all three at once.
 It writes ``<out>/sheet_<folder>.png`` (masks outlined on the images) and ``<out>/plausibility.csv``.
-A plausible mask can still be wrong; look at the sheet.
+A plausible mask can still be wrong; look at the sheet. ``--finding Effusion --finding Consolidation ...``
+keeps only the NIH images with those findings (from the folder's ../Data_Entry_2017.csv): lungs under
+opacities, where a model trained on clear lungs fails first.
 """
 from __future__ import annotations
 
@@ -35,6 +37,17 @@ def plausibility(mask: np.ndarray) -> dict:
            "share_ok": 0.08 <= share <= 0.5, "balanced": balance >= 0.35}
     row["plausible"] = row["two_parts"] and row["share_ok"] and row["balanced"]
     return row
+
+
+def with_findings(files: list[Path], data_entry: Path, wanted: set[str]) -> list[Path]:
+    """The files whose NIH 'Finding Labels' (``A|B|...``) name one of ``wanted``."""
+    import pandas as pd
+
+    if not data_entry.is_file():
+        raise SystemExit(f"--finding needs {data_entry} (the NIH table beside the image folder)")
+    table = pd.read_csv(data_entry, usecols=["Image Index", "Finding Labels"])
+    labels = dict(zip(table["Image Index"].astype(str), table["Finding Labels"].astype(str)))
+    return [f for f in files if wanted & set(labels.get(f.name, "").split("|"))]
 
 
 def sheet(images, masks, cols: int = 10, side: int = 160) -> np.ndarray:
@@ -69,6 +82,9 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=60, help="images per folder (every k-th by name)")
     p.add_argument("--out", type=Path, default=Path("runs/lungs_check"))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--finding", action="append", default=[],
+                   help="NIH ChestX-ray14 folders only: keep images whose 'Finding Labels' in the folder's "
+                        "../Data_Entry_2017.csv name this finding (repeatable: any of them), e.g. --finding Effusion")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_lung_model(args.model)
@@ -76,6 +92,8 @@ def main(argv=None) -> int:
     rows = []
     for folder in args.folders:
         files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        if args.finding:
+            files = with_findings(files, folder.parent / "Data_Entry_2017.csv", set(args.finding))
         files = files[:: max(1, len(files) // args.n)][: args.n]
         images = [read_image(f) for f in files]
         masks = predict_masks(model, images)
