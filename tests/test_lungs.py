@@ -309,3 +309,22 @@ def test_infer_lungs_benchmark_scores_written_masks_and_counts_missing_ones(tmp_
     cv2.imwrite(str(lungs / "same.png"), cv2.resize(truth, (30, 20)))
     with pytest.raises(SystemExit, match="input file's pixels"):
         mod.score(items[:1], lungs)
+
+
+def test_lung_box_coverage_counts_the_share_of_a_box_inside_the_mask():
+    """benchmarks/lung_box_coverage.py: a box half inside the lungs covers 0.5, a box off the image is
+    not counted, and the control class stays apart from the in-lung findings."""
+    from tests.benchmark_modules import load_benchmark
+
+    mod = load_benchmark("lung_box_coverage")
+    mask = np.zeros((100, 100), bool)
+    mask[20:80, 10:45] = True
+    assert mod.coverage(mask, (10, 20, 45, 80)) == 1.0
+    assert mod.coverage(mask, (27.5, 20, 62.5, 80)) == pytest.approx(0.5, abs=0.02)
+    assert np.isnan(mod.coverage(mask, (120, 120, 140, 140)))
+    rows = [{"finding": "Nodule", "coverage": 1.0}, {"finding": "Mass", "coverage": 0.25},
+            {"finding": "Cardiomegaly", "coverage": 0.1}]
+    per, head = mod.summarise(rows)
+    assert head["inside_n"] == 2 and head["inside_mean"] == pytest.approx(0.625)
+    assert head["inside_half"] == 0.5 and head["control_mean"] == pytest.approx(0.1)
+    assert per.loc["Mass", "half"] == 0.0 and per.loc["Nodule", "n"] == 1
