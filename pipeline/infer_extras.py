@@ -76,6 +76,7 @@ def _lungs(cfg, model_path: Path, out: Path, pngs, meta: pd.DataFrame) -> dict[s
     from pipeline.lungs import load_lung_model, predict_masks
 
     options = ConvertOptions.from_config(cfg.image)
+    seg = cfg.segment  # the run's scoring settings (threshold, clean-up, flip TTA), as its segment stage used
     model = load_lung_model(model_path, "cpu")
     sources = meta.set_index("image_id")["source"].astype(str)
     masks = {}
@@ -84,7 +85,8 @@ def _lungs(cfg, model_path: Path, out: Path, pngs, meta: pd.DataFrame) -> dict[s
                                target_shape=lambda h, w: imaging.output_shape(h, w, LUNG_DECODE_SIDE),
                                fast_decode=options.fast_decode, decode_slack=options.decode_slack,
                                multiframe=options.multiframe)
-        mask = predict_masks(model, [img.pixels])[0]
+        mask = predict_masks(model, [img.pixels], threshold=float(seg.threshold), clean=bool(seg.clean),
+                             tta_flip=bool(seg.tta_flip))[0]
         if mask.shape != (img.height, img.width):  # a reduced decode: back to the input file's pixels
             mask = cv2.resize(mask.astype(np.uint8), (img.width, img.height), interpolation=cv2.INTER_NEAREST) > 0
         ok, buf = cv2.imencode(".png", (mask * 255).astype(np.uint8))

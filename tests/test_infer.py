@@ -92,14 +92,15 @@ def test_infer_on_a_lung_model_run_writes_masks_from_the_decoded_picture(tmp_pat
 
     run = tmp_path / "lungs_run"
     cfg = load_config(None, {"run.root": str(tmp_path), "run.name": "lungs_run", "run.stages": ["segment"],
-                             "image.clahe": True, "image.size": 128})
+                             "image.clahe": True, "image.size": 128, "segment.threshold": 0.4})
     paths = RunPaths.from_config(cfg)
     save_config(cfg, paths.config)
     torch.manual_seed(0)
     save_lung_model(paths.segment_model, build_net(_tiny_spec()).eval(), _tiny_spec(), 64, "histeq", "tb")
     assert not paths.dataset_yaml.exists()
 
-    def dark_half(model, images, **kw):  # the "lungs": the darker half of the picture it is given
+    def dark_half(model, images, threshold=0.5, clean=True, tta_flip=False):  # the "lungs": the darker half
+        assert threshold == 0.4 and clean is True  # the run's segment.threshold reaches the prediction
         return [np.asarray(im, float) < np.median(np.asarray(im, float)) for im in images]
 
     monkeypatch.setattr(lungs, "predict_masks", dark_half)
@@ -113,10 +114,10 @@ def test_infer_on_a_lung_model_run_writes_masks_from_the_decoded_picture(tmp_pat
     assert main(["infer", "--run", str(run), "--out", str(out), str(src)]) == 0
     mask = cv2.imread(str(out / "lungs" / "chest.png"), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (300, 200) and set(np.unique(mask)) <= {0, 255}
-    expected = dark_half(None, [read_png(src).pixels])[0]
+    expected = dark_half(None, [read_png(src).pixels], threshold=0.4)[0]
     assert np.array_equal(mask > 0, expected)
     converted = cv2.imread(str(out / ".work" / "images" / "chest.png"), cv2.IMREAD_GRAYSCALE)
-    from_png = cv2.resize(dark_half(None, [converted])[0].astype(np.uint8), (200, 300),
+    from_png = cv2.resize(dark_half(None, [converted], threshold=0.4)[0].astype(np.uint8), (200, 300),
                           interpolation=cv2.INTER_NEAREST) > 0
     assert not np.array_equal(from_png, expected)  # the CLAHE'd, resized PNG would have given another mask
     assert (out / "overlays" / "chest.png").is_file() and not (out / "detections.csv").read_text().strip().count("\n")
