@@ -26,18 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pipeline  # noqa: E402,F401  (offline environment first)
 
-INSIDE = ("Atelectasis", "Infiltrate", "Infiltration", "Mass", "Nodule", "Pneumonia")
+INSIDE = ("Atelectasis", "Infiltration", "Mass", "Nodule", "Pneumonia")
 CONTROL = "Cardiomegaly"
-
-
-def read_boxes(csv: Path):
-    """BBox_List_2017.csv -> DataFrame image_id(file name), finding, x, y, w, h (1024-pixel space)."""
-    import pandas as pd
-
-    t = pd.read_csv(csv)
-    t = t.iloc[:, :6]
-    t.columns = ["file", "finding", "x", "y", "w", "h"]
-    return t
 
 
 def coverage(mask: np.ndarray, box: tuple[float, float, float, float]) -> float:
@@ -66,6 +56,7 @@ def main(argv=None) -> int:
 
     from pipeline.lungs import load_lung_model, predict_masks
     from pipeline.lungs.data import read_image
+    from pipeline.sources.chestxray14 import NIH_SIZE, read_bbox_list
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("models", type=Path, nargs="+", help="segment/model.pt files to compare")
@@ -77,7 +68,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write per-box coverage CSVs here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    boxes = read_boxes(args.data / "BBox_List_2017.csv")
+    # the project's reader: corners in the NIH 1024-pixel space, 'Infiltrate' read as 'Infiltration'
+    boxes, _ = read_bbox_list(args.data / "BBox_List_2017.csv")
+    boxes["file"] = boxes["image_id"].astype(str) + ".png"
     files = sorted(f for f in boxes["file"].unique() if (args.data / args.images / f).is_file())
     missing = boxes["file"].nunique() - len(files)
     files = files[: args.n or None]
@@ -92,10 +85,10 @@ def main(argv=None) -> int:
         masks = predict_masks(model, images)
         rows = []
         for f, img, m in zip(files, images, masks):
-            s = img.shape[1] / 1024.0, img.shape[0] / 1024.0
+            s = img.shape[1] / NIH_SIZE, img.shape[0] / NIH_SIZE
             for r in by_file[f].itertuples():
-                box = (r.x * s[0], r.y * s[1], (r.x + r.w) * s[0], (r.y + r.h) * s[1])
-                rows.append({"file": f, "finding": r.finding, "coverage": coverage(m, box)})
+                box = (r.x_min * s[0], r.y_min * s[1], r.x_max * s[0], r.y_max * s[1])
+                rows.append({"file": f, "finding": r.class_name, "coverage": coverage(m, box)})
         per, head = summarise(rows)
         if args.out is not None:
             import pandas as pd

@@ -115,6 +115,15 @@ class ConvertOptions:
                if self.lung_crop else {}),
         }
 
+    def decode(self, source, target_shape):
+        """The decoded picture of ``source`` under these options (window / percentiles, reduced JPEG 2000
+        decode towards ``target_shape``, multi-frame rule): what prepare converts and the lung model sees."""
+        from pipeline import dicom
+
+        return dicom.read_image(source, voi_lut=self.voi_lut, percentiles=self.percentiles,
+                                target_shape=target_shape, fast_decode=self.fast_decode,
+                                decode_slack=self.decode_slack, multiframe=self.multiframe)
+
     @property
     def clahe_label(self) -> str:
         return f"{float(self.clahe_clip)}/{int(self.clahe_grid)}" if self.clahe else "off"
@@ -151,7 +160,7 @@ def job_fingerprint(job: ConvertJob, options: ConvertOptions) -> str:
 
 def convert_one(job: ConvertJob, options: ConvertOptions) -> dict:
     """Convert one image and write its PNG atomically; returns its meta row. Raises DataError."""
-    from pipeline import dicom, imaging
+    from pipeline import imaging
     from pipeline.io import write_bytes_atomic
 
     # Digest before reading: if the source changes while it is read, the recorded (older) digest
@@ -167,9 +176,7 @@ def convert_one(job: ConvertJob, options: ConvertOptions) -> dict:
         return imaging.output_shape(height, width, 2 * options.size, options.square) if options.lung_crop else \
             target(height, width)
 
-    img = dicom.read_image(job.source, voi_lut=options.voi_lut, percentiles=options.percentiles,
-                           target_shape=decode_target, fast_decode=options.fast_decode,
-                           decode_slack=options.decode_slack, multiframe=options.multiframe)
+    img = options.decode(job.source, decode_target)
     crop, pixels, notes = None, img.pixels, list(img.notes)
     if options.lung_crop:
         from pipeline.lung_crop import crop_pixels, lung_square

@@ -9,10 +9,11 @@ a binary classifier. Coordinates are written in the INPUT file's pixels.
 
 Writes, under OUT: ``detections.csv`` (image_id, class_id, class_name, score, x_min, y_min, x_max, y_max;
 finding classes only), ``classifier.csv`` (image_id, p_<label>...), ``overlays/<id>.png``, ``index.html``,
-``failures.csv`` (inputs that could not be read, as in prepare; one the run's gate rejected is only set aside).
-Lung masks and the input gate's ``screen.csv`` (a row for every input) are added by :mod:`pipeline.infer_extras` when the run has those models, and a localise
-run's networks' ``localisation.csv`` by :mod:`pipeline.infer_localise` (its boxes on the overlays when the
-run has no detector).
+``failures.csv`` (inputs that could not be read, as in prepare; one the run's gate rejected is only set
+aside). Lung masks and the input gate's ``screen.csv`` (a row for every input) are added by
+:mod:`pipeline.infer_extras` when the run has those models, and a localise run's networks'
+``localisation.csv`` by :mod:`pipeline.infer_localise` (its boxes on the overlays when the run has no
+detector).
 """
 from __future__ import annotations
 
@@ -180,7 +181,7 @@ def run_infer(run_dir: Path, out: Path, inputs: list[str], conf: float | None = 
     frames = frame_table(meta)
     items = [(i, p, size.at[i, "width"], size.at[i, "height"], tuple(frames.loc[i, ["x0", "y0", "x1", "y1"]]))
              for i, p in pngs]
-    summary: dict = {"run": str(paths.run_dir), "images": len(ok), "failures": len(failures), "out": str(out)}
+    summary: dict = {"run": str(paths.run_dir), "images": len(ok), "out": str(out)}
 
     dets = pd.DataFrame(columns=DETECTION_OUT)
     if det_weights and items:

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+LUNG_DECODE_SIDE = 1024  # a DICOM is decoded for the lung model at no more than this longer side (fast JPEG 2000)
+
 
 def lung_model_path(cfg, paths) -> Path | None:
     configured = (cfg.get("image") or {}).get("lung_model")
@@ -58,9 +60,6 @@ def extras(cfg, paths, out: Path, pngs: list[tuple[str, Path]], meta: pd.DataFra
     return summary
 
 
-LUNG_DECODE_SIDE = 1024  # a DICOM is decoded for the lung model at no more than this longer side (fast JPEG 2000)
-
-
 def _lungs(cfg, model_path: Path, out: Path, pngs, meta: pd.DataFrame) -> dict[str, np.ndarray]:
     """Masks in ORIGINAL (input) pixels, written as 0/255 PNGs; returned for the overlays.
 
@@ -70,7 +69,7 @@ def _lungs(cfg, model_path: Path, out: Path, pngs, meta: pd.DataFrame) -> dict[s
     (on the Shenzhen test split the PNG path lost 0.007 IoU: docs/notes/lungs.md)."""
     import cv2
 
-    from pipeline import dicom, imaging
+    from pipeline import imaging
     from pipeline.convert import ConvertOptions
     from pipeline.io import write_bytes_atomic
     from pipeline.lungs import load_lung_model, predict_masks
@@ -81,10 +80,7 @@ def _lungs(cfg, model_path: Path, out: Path, pngs, meta: pd.DataFrame) -> dict[s
     sources = meta.set_index("image_id")["source"].astype(str)
     masks = {}
     for image_id, _ in pngs:
-        img = dicom.read_image(sources[image_id], voi_lut=options.voi_lut, percentiles=options.percentiles,
-                               target_shape=lambda h, w: imaging.output_shape(h, w, LUNG_DECODE_SIDE),
-                               fast_decode=options.fast_decode, decode_slack=options.decode_slack,
-                               multiframe=options.multiframe)
+        img = options.decode(sources[image_id], lambda h, w: imaging.output_shape(h, w, LUNG_DECODE_SIDE))
         mask = predict_masks(model, [img.pixels], threshold=float(seg.threshold), clean=bool(seg.clean),
                              tta_flip=bool(seg.tta_flip))[0]
         if mask.shape != (img.height, img.width):  # a reduced decode: back to the input file's pixels

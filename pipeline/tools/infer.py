@@ -12,7 +12,8 @@ def main(argv: list[str]) -> int:
         prog="./run.sh infer", description="Apply a finished run's detector folds (fused as the run fuses them), "
         "classifier and 2-class filter to new images, with the run's own preprocessing. Writes OUT/detections.csv "
         "(input-file pixels), OUT/classifier.csv, OUT/overlays/, OUT/index.html, OUT/failures.csv (and "
-        "OUT/lungs/, OUT/screen.csv when the run has those models). Exits 1 when an input could not be read (one the run's gate rejected is set aside instead).",
+        "OUT/lungs/, OUT/screen.csv when the run has those models). Exits 1 when an input could not be read "
+        "(one the run's gate rejected is set aside instead).",
         epilog="example: ./run.sh infer --run runs/demo --out /tmp/out data/demo/test")
     p.add_argument("--run", required=True, help="a finished run directory (runs/<name>), also one copied from elsewhere")
     p.add_argument("--out", required=True, help="output folder")
