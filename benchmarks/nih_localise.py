@@ -124,17 +124,23 @@ INNER_SPLITS = 4
 
 
 def fold_plan(images: pd.DataFrame, args) -> tuple[np.ndarray, list[int], Path]:
-    """``(fold per image, folds to run, cache folder)``. With ``--inner`` (choosing settings): the
-    images of outer fold 0 are left out altogether (fold -2), the rest are split again into
-    INNER_SPLITS patient-grouped folds and only inner fold 0 is held out, under ``<cache>/inner``."""
+    """``(fold per image, folds to run, cache folder)``. With ``--inner`` (choosing settings for outer
+    fold ``--inner-fold`` K, nested): the images of outer fold K are left out altogether (fold -2), the
+    rest (K's training images) are split again into INNER_SPLITS patient-grouped folds and only inner
+    fold 0 is held out, under ``<cache>/inner`` (K = 0) or ``<cache>/inner<K>``."""
     fold = assign_folds(images, args.n_splits, args.seed)
     if not args.inner:
         return fold, list(args.folds if args.folds is not None else range(args.n_splits)), Path(args.cache)
-    rest = images[(fold != 0) & images["boxed"].to_numpy()]
+    k = args.inner_fold
+    rest = images[(fold != k) & images["boxed"].to_numpy()]
     inner = assign_folds(rest, INNER_SPLITS, args.seed)
-    out = np.where(fold == 0, -2, -1)
-    out[np.flatnonzero((fold != 0) & images["boxed"].to_numpy())] = inner
-    return out, [0], Path(args.cache) / "inner"
+    out = np.where(fold == k, -2, -1)
+    out[np.flatnonzero((fold != k) & images["boxed"].to_numpy())] = inner
+    return out, [0], inner_cache(args)
+
+
+def inner_cache(args) -> Path:
+    return Path(args.cache) / ("inner" if args.inner_fold == 0 else f"inner{args.inner_fold}")
 
 
 # --------------------------------------------------------------------------------------------- cache
@@ -199,7 +205,8 @@ def method_settings(args):
     from pipeline.models.runners import MethodSettings
 
     return MethodSettings(backbone=args.backbone, imgsz=args.imgsz, epochs=args.epochs, batch=args.batch,
-                          lr=args.lr, seed=args.seed, width=args.width, augment=not args.no_augment)
+                          lr=args.lr, seed=args.seed, width=args.width, augment=not args.no_augment,
+                          cln_box=args.cln_box)
 
 
 def settings_of(method: str, args) -> dict:
@@ -253,7 +260,7 @@ def run_methods(args) -> None:
 def report(args) -> dict:
     from pipeline import localisation as L
 
-    cache = Path(args.cache) / "inner" if args.inner else Path(args.cache)
+    cache = inner_cache(args) if args.inner else Path(args.cache)
     images, truth = load_data(Path(args.data), False)
     y = label_matrix(images, truth)[:, :K]
     n_splits = 1 if args.inner else args.n_splits
@@ -322,6 +329,7 @@ def parse_args(argv=None):
     ap.add_argument("--report", action="store_true", help="score the cached folds, write metrics.json and report.md")
     ap.add_argument("--inner", action="store_true",
                     help="choose settings: train and score on an inner split of outer fold 0's training images")
+    ap.add_argument("--inner-fold", type=int, default=0, help="with --inner: the outer fold whose training images are split")
     ap.add_argument("--n-splits", type=int, default=3)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--backbone", default="resnet18")
@@ -331,6 +339,7 @@ def parse_args(argv=None):
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--width", type=int, default=64, help="CLN neck channels")
+    ap.add_argument("--cln-box", default="centre", choices=("centre", "dense"), help="CLN box regression")
     ap.add_argument("--labels", type=int, choices=(8, 14), default=14, help="classification outputs")
     ap.add_argument("--extra", action="store_true", help="add images_256/ (no boxes) as classification data")
     ap.add_argument("--no-augment", action="store_true")

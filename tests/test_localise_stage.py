@@ -96,13 +96,16 @@ def test_stage_end_to_end_contract_report_skip_and_retrain_one_method(prepared, 
     assert again["skipped"] is True and _records(paths, ["prior", *NETS]) == before
     assert paths.localise_weights("cln", 0).stat().st_mtime_ns == mtime
 
-    # one network's setting changed: that network alone retrains
-    cfg2 = _cfg(root, "e2e", **{"localise.methods": ["prior", *NETS], "localise.method_args": {"cln": {"epochs": 2}}})
+    # one network's settings changed (CLN's epochs, and the CLN-only key cln_box at the top level): CLN alone
+    # retrains, with the dense box head that infer below then applies
+    cfg2 = _cfg(root, "e2e", **{"localise.methods": ["prior", *NETS], "localise.method_args": {"cln": {"epochs": 2}},
+                                "localise.cln_box": "dense"})
     third = run_stage("localise", cfg2)
     now = _records(paths, ["prior", *NETS])
     changed = {m for (m, _k), t in now.items() if t != before[(m, _k)]}
     assert third["skipped"] is False and changed == {"cln"}
-    assert len(json.loads(paths.localise_record("cln", 0).read_text())["summary"]["history"]) == 2
+    cln_rec = json.loads(paths.localise_record("cln", 0).read_text())["summary"]
+    assert len(cln_rec["history"]) == 2 and "box" in cln_rec["history"][0] and "offset" not in cln_rec["history"][0]
     assert paths.localise_weights("gradcam", 0).stat().st_mtime_ns <= mtime
 
     # infer applies the run's networks (every fold) to new files: boxes in the INPUT file's pixels
@@ -182,6 +185,7 @@ def test_prior_with_classification_only_images_and_one_fold(prepared, tmp_path):
     ({"localise.methods": ["cln"], "localise.method_args": {"cln": {"epoch": 3}}}, "unknown key.*epoch"),
     ({"localise.methods": ["cln"], "localise.method_args": {"prior": {"epochs": 3}}}, "not networks"),
     ({"localise.methods": ["gradcam"], "localise.labels": 9}, "localise.labels"),
+    ({"localise.methods": ["cln"], "localise.cln_box": "anchors"}, "localise.cln_box"),
     ({"localise.methods": ["prior"], "localise.folds": [5]}, r"localise.folds: fold\(s\) \[5\]"),
     ({"localise.methods": None, "cls.cam": "scorecam"}, "cls.cam"),
 ])

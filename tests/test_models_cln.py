@@ -81,7 +81,8 @@ def test_decode_spends_the_three_boxes_on_different_sites():
     np.testing.assert_allclose(centres[:2, 0], [(2 + 0.5) * 8, (6 + 0.5) * 8], atol=1e-4)
 
 
-def test_loss_falls_on_demo_data(tmp_path):
+@pytest.mark.parametrize("box_mode", ["centre", "dense"])
+def test_loss_falls_on_demo_data(tmp_path, box_mode):
     from pipeline.demo.chestxray14 import write_chestxray14
     from pipeline.models import fit as F
     from pipeline.models.data import BoxDataset
@@ -95,13 +96,15 @@ def test_loss_falls_on_demo_data(tmp_path):
              for _, g in truth[truth["image_id"].isin(ids)].groupby("image_id")]
     labels = np.zeros((len(ids), 8), np.float32)
     ds = BoxDataset([root / "images" / f"{i}.png" for i in ids], labels, boxes, 64,
-                    encode=functools.partial(C.encode_targets, imgsz=64))
+                    encode=functools.partial(C.encode_targets, imgsz=64, box_mode=box_mode))
     torch.manual_seed(0)
-    net = C.build_cln(build_trunk("resnet18"), 8, 8, width=16)
+    net = C.build_cln(build_trunk("resnet18"), 8, 8, width=16, box_mode=box_mode)
     hist = F.fit(net, ds, F.cln_loss_fn(), F.FitSettings(epochs=6, batch=8, lr=3e-3, warmup_epochs=0),
                  log=lambda _m: None)["history"]
-    assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
-    assert hist[-1]["heat"] < hist[0]["heat"] and hist[-1]["size"] < hist[0]["size"]
+    # the GIoU part (weight 5, TTFNet's) falls more slowly than the centre form's L1 on log sizes
+    assert hist[-1]["loss"] < (0.6 if box_mode == "centre" else 0.8) * hist[0]["loss"]
+    box = "size" if box_mode == "centre" else "box"
+    assert hist[-1]["heat"] < hist[0]["heat"] and hist[-1][box] < hist[0][box]
     probs, out_boxes = F.predict_cln(net, BoxDataset(ds.paths, labels, None, 64), max_boxes=3)
     assert probs.shape == (8, 8) and len(out_boxes) == 8 and all(len(b) == 8 for b in out_boxes)
     assert all(a.shape[1] == 5 and len(a) <= 3 for b in out_boxes for a in b)
@@ -123,3 +126,74 @@ def test_checkpoint_round_trip_predicts_the_same(tmp_path):
         R.load("cln", 14, s, path)
     with pytest.raises(PipelineError, match="not found"):
         R.load("cln", 9, s, tmp_path / "missing.pt")
+
+
+# ------------------------------------------------------------------ the dense (TTFNet) box regression
+def test_dense_head_shapes_and_a_bad_mode():
+    torch.manual_seed(0)
+    net = C.build_cln(build_trunk("resnet18"), n_labels=14, n_box_classes=8, width=16, box_mode="dense")
+    out = net(torch.rand(2, 1, 64, 64))
+    assert out["size"].shape == (2, 32, 8, 8) and "offset" not in out
+    with pytest.raises(ValueError, match="box_mode"):
+        C.build_cln(build_trunk("resnet18"), 14, 8, 16, box_mode="anchors")
+
+
+def test_dense_targets_hand_computed():
+    # a 48 x 40 box centred at (32, 32) in a 64-pixel input: 6 x 5 cells, centre cell (4, 4); the core is the
+    # central 0.54 of the box: cell centres x + 0.5 within 1.62 of 4 (x = 3..5 ... 2.5 also: x = 2..5) and
+    # y + 0.5 within 1.35 of 4 (y = 3, 4)
+    t = C.encode_targets(np.array([[8, 12, 56, 52]]), [1], np.zeros(8), imgsz=64, box_mode="dense")
+    assert set(t) == {"heat", "heat_mask", "box", "box_weight"}
+    cells = np.argwhere(t["box_weight"][1] > 0)
+    assert sorted(map(tuple, cells)) == [(y, x) for y in (3, 4) for x in (2, 3, 4, 5)]
+    assert t["box_weight"][1].sum() == pytest.approx(1.0) and t["box_weight"][[0, 2, 3]].sum() == 0
+    assert t["box_weight"][1].argmax() == 4 * 8 + 4  # the centre cell weighs most (the Gaussian's peak)
+    np.testing.assert_allclose(t["box"][4:8, 3, 2], [1, 1.5, 7, 6.5])  # the box in cells, at every core cell
+    assert t["heat"][1, 4, 4] == 1.0 and t["heat_mask"][1] == 1
+
+
+def test_dense_a_smaller_box_keeps_the_cells_it_shares():
+    big, small = [0, 0, 64, 64], [24, 24, 40, 40]
+    t = C.encode_targets(np.array([small, big]), [0, 0], np.zeros(8), imgsz=64, box_mode="dense")
+    np.testing.assert_allclose(t["box"][0:4, 4, 4], np.array(small) / 8)  # regardless of the input order
+    np.testing.assert_allclose(t["box"][0:4, 2, 2], np.array(big) / 8)  # outside the small box's core: the big one
+    assert (t["box_weight"][0] > 0).sum() == 16  # the big box's 4 x 4 core, 4 of its cells now the small box's
+    # a box smaller than a cell still regresses at its centre cell
+    t = C.encode_targets(np.array([[9, 9, 12, 11]]), [2], np.zeros(8), imgsz=64, box_mode="dense")
+    assert (t["box_weight"][2] > 0).sum() == 1 and t["box_weight"][2, 1, 1] == pytest.approx(1.0)
+
+
+def _perfect_dense(t: dict, k: int = 8) -> dict:
+    h, w = t["box_weight"].shape[1:]
+    cx, cy = (np.arange(w) + 0.5)[None, :], (np.arange(h) + 0.5)[:, None]
+    size = np.zeros((4 * k, h, w), np.float32)
+    for c in range(k):
+        x0, y0, x1, y1 = t["box"][4 * c:4 * c + 4]
+        m = t["box_weight"][c] > 0
+        d = np.stack([cx - x0, cy - y0, x1 - cx, y1 - cy])
+        size[4 * c:4 * c + 4][:, m] = np.log(np.maximum(d[:, m], 1e-6))
+    heat = torch.from_numpy(np.where(t["heat"] >= 1, 8.0, -8.0 + 4 * t["heat"]))[None].float()
+    return {"heat": heat, "size": torch.from_numpy(size)[None], "logits": torch.zeros(1, 8)}
+
+
+def test_dense_decode_gives_back_the_encoded_boxes_and_the_loss_is_zero_there():
+    boxes = np.array([[16, 12, 40, 28], [40, 40, 61, 62]], float)
+    t = C.encode_targets(boxes, [2, 5], np.zeros(8), imgsz=64, box_mode="dense")
+    out = _perfect_dense(t)
+    res = C.decode(out, max_boxes=3)
+    np.testing.assert_allclose(res[0][2][0, 1:], boxes[0], atol=1e-3)
+    np.testing.assert_allclose(res[0][5][0, 1:], boxes[1], atol=1e-3)
+    batch = {k: torch.from_numpy(v)[None] for k, v in t.items()}
+    batch.update(labels=torch.zeros(1, 8), label_mask=torch.ones(1, 8))
+    _total, parts = C.cln_loss(out, batch)
+    assert parts["box"] < 1e-4 and set(parts) == {"cls", "heat", "box"}
+    out["size"] = out["size"] + 0.5  # every distance 1.65x too long: the GIoU loss sees it
+    assert C.cln_loss(out, batch)[1]["box"] > 0.3
+
+
+def test_giou_identical_overlapping_and_apart():
+    a = torch.tensor([0.0, 0, 2, 2]).view(4, 1, 1)
+    assert C.giou(a, a).item() == pytest.approx(1.0)
+    assert C.giou(a, torch.tensor([1.0, 0, 3, 2]).view(4, 1, 1)).item() == pytest.approx(1 / 3)
+    # apart: IoU 0, minus the empty share of the hull (4 + 4 of 16 -> -0.5)
+    assert C.giou(a, torch.tensor([2.0, 2, 4, 4]).view(4, 1, 1)).item() == pytest.approx(-0.5)

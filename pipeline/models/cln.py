@@ -31,10 +31,23 @@ heatmaps (CenterNet's, alpha 2, beta 4) normalised by the number of centres, L1 
 at the centre cells, BCE on the image labels. Gaussian sigma per axis = max(0.5, 0.09 * box side in
 cells) (TTFNet's elliptical Gaussians; 0.09 = 0.54 / 6).
 
+Two box regressions (``box_mode``):
+
+* ``centre`` (CenterNet): ``size`` (2K channels) = log width, log height in cells and a shared sub-cell
+  ``offset``, supervised by L1 at the ONE cell under each box centre;
+* ``dense`` (TTFNet, Liu et al. 2020, "Training-Time-Friendly Network"): ``size`` (4K channels) = log of
+  the distances from the cell's centre to the box's left, top, right and bottom edges, supervised at
+  every cell of the box's elliptical Gaussian core (the heatmap's Gaussian, cells whose centre lies in
+  the box), each cell weighted by its Gaussian value and each box's weights summing to 1, with a GIoU
+  loss (weight ``LOSS_WEIGHTS["box"]`` = 5, TTFNet's). Why: with a few hundred boxed images the centre
+  form sees about one size sample per box and epoch; the dense form sees 5-30 and optimises overlap
+  itself, which is what IoU > 0.5 counts. Where two boxes of a class overlap, a cell regresses the
+  smaller (TTFNet's rule). No offset head: the distances place the box exactly.
+
 Decoding (:func:`decode`): a 3x3 max-pool keeps local maxima; the 20 highest per class become boxes
-``centre +- exp(size) * stride / 2``, scored by the peak, and greedy NMS (IoU 0.5) keeps ``max_boxes``,
-in INPUT (letterbox) pixels; map them to original pixels with
-:meth:`pipeline.classifier.Letterbox.to_source`.
+(``centre +- exp(size) * stride / 2``, or the cell centre minus / plus the four distances), scored by
+the peak, and greedy NMS (IoU 0.5) keeps ``max_boxes``, in INPUT (letterbox) pixels; map them to
+original pixels with :meth:`pipeline.classifier.Letterbox.to_source`.
 """
 from __future__ import annotations
 
@@ -45,18 +58,28 @@ import numpy as np
 STRIDE = 8
 SIGMA_SCALE = 0.09
 HEAT_PRIOR = 0.01          # initial heatmap probability (bias of the last conv), as CenterNet/RetinaNet
-LOSS_WEIGHTS = {"cls": 1.0, "heat": 1.0, "size": 1.0, "offset": 1.0}
+LOSS_WEIGHTS = {"cls": 1.0, "heat": 1.0, "size": 1.0, "offset": 1.0, "box": 5.0}
+BOX_MODES = ("centre", "dense")
+MAX_LOG_DIST = 6.0         # dense: log-distance clamp (e^6 cells = 3,200 px at stride 8) against overflow
 
 
-def build_cln(trunk, n_labels: int, n_box_classes: int = 8, width: int = 64):
+def _check_mode(box_mode: str) -> str:
+    if box_mode not in BOX_MODES:
+        raise ValueError(f"box_mode must be one of {list(BOX_MODES)}, got {box_mode!r}")
+    return box_mode
+
+
+def build_cln(trunk, n_labels: int, n_box_classes: int = 8, width: int = 64, box_mode: str = "centre"):
     """CLN on ``trunk``; forward(x) -> dict ``logits`` (B, n_labels), ``heat`` (B, K, h, w) logits,
-    ``size`` (B, 2K, h, w), ``offset`` (B, 2, h, w), with h, w = input size / 8."""
+    ``size`` (B, 2K, h, w) and ``offset`` (B, 2, h, w) (``box_mode="centre"``) or ``size`` (B, 4K, h, w)
+    log edge distances (``"dense"``), with h, w = input size / 8."""
     import torch
     import torch.nn.functional as F
     from torch import nn
 
     if not 1 <= n_box_classes <= n_labels:
         raise ValueError(f"n_box_classes must be in 1..n_labels ({n_labels}), got {n_box_classes}")
+    dense = _check_mode(box_mode) == "dense"
 
     def head(out_ch: int, bias: float = 0.0):
         last = nn.Conv2d(width, out_ch, 1)
@@ -68,14 +91,15 @@ def build_cln(trunk, n_labels: int, n_box_classes: int = 8, width: int = 64):
             super().__init__()
             self.trunk = trunk
             self.n_box_classes = n_box_classes
+            self.box_mode = box_mode
             self.fc = nn.Linear(trunk.channels[-1], n_labels)
             self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in trunk.channels)
             # + 2 coordinate channels (CoordConv): where a finding sits is half of what is localised
             self.smooth = nn.Sequential(nn.Conv2d(width + 2, width, 3, padding=1), nn.BatchNorm2d(width),
                                         nn.ReLU(inplace=True))
             self.heat = head(n_box_classes, -math.log((1 - HEAT_PRIOR) / HEAT_PRIOR))
-            self.size = head(2 * n_box_classes)
-            self.offset = head(2)
+            self.size = head((4 if dense else 2) * n_box_classes)
+            self.offset = None if dense else head(2)
 
         @property
         def n_outputs(self) -> int:
@@ -90,22 +114,28 @@ def build_cln(trunk, n_labels: int, n_box_classes: int = 8, width: int = 64):
             ys = torch.linspace(-1, 1, h, device=p.device, dtype=p.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
             xs = torch.linspace(-1, 1, w, device=p.device, dtype=p.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
             p = self.smooth(torch.cat([p, xs, ys], 1))
-            return {"logits": self.fc(feats[-1].mean((2, 3))), "heat": self.heat(p), "size": self.size(p),
-                    "offset": torch.sigmoid(self.offset(p))}
+            out = {"logits": self.fc(feats[-1].mean((2, 3))), "heat": self.heat(p), "size": self.size(p)}
+            if self.offset is not None:
+                out["offset"] = torch.sigmoid(self.offset(p))
+            return out
 
     return CLN()
 
 
 def encode_targets(boxes_xyxy, class_ids, label_state, imgsz: int, n_box_classes: int = 8,
-                   stride: int = STRIDE) -> dict:
+                   stride: int = STRIDE, box_mode: str = "centre") -> dict:
     """Training targets of one image for :func:`cln_loss` (numpy, float32).
 
     ``boxes_xyxy`` (n, 4) in input pixels, ``class_ids`` (n,) in 0..K-1, ``label_state`` (K,): 1 =
     present, 0 = absent, NaN = unknown (image-level labels of the boxed classes). Returns ``heat``
     (K, h, w) Gaussian centre targets (1 at each centre cell), ``heat_mask`` (K,) 1 where the channel
     is supervised (a box, or absent), ``size`` (2K, h, w) and ``offset`` (2, h, w) targets with
-    ``reg_mask`` (K, h, w) 1 at the centre cells.
+    ``reg_mask`` (K, h, w) 1 at the centre cells; with ``box_mode="dense"`` instead ``box`` (4K, h, w):
+    the target box (x0, y0, x1, y1 in cells) of each regressing cell, and ``box_weight`` (K, h, w)
+    (see the module's text).
     """
+    if _check_mode(box_mode) == "dense":
+        return _encode_dense(boxes_xyxy, class_ids, label_state, imgsz, n_box_classes, stride)
     h = w = int(math.ceil(imgsz / stride))
     k_ = n_box_classes
     heat = np.zeros((k_, h, w), np.float32)
@@ -119,8 +149,7 @@ def encode_targets(boxes_xyxy, class_ids, label_state, imgsz: int, n_box_classes
         bw, bh = max(x1 - x0, 1.0) / stride, max(y1 - y0, 1.0) / stride
         cx, cy = (x0 + x1) / 2 / stride, (y0 + y1) / 2 / stride
         ix, iy = min(max(int(cx), 0), w - 1), min(max(int(cy), 0), h - 1)
-        sx, sy = max(0.5, SIGMA_SCALE * bw), max(0.5, SIGMA_SCALE * bh)
-        g = np.exp(-((xx - ix) ** 2) / (2 * sx * sx) - ((yy - iy) ** 2) / (2 * sy * sy))
+        g = _gaussian(xx, yy, ix, iy, bw, bh)
         heat[c] = np.maximum(heat[c], g)
         heat[c, iy, ix] = 1.0
         size[2 * c:2 * c + 2, iy, ix] = (math.log(bw), math.log(bh))
@@ -128,6 +157,68 @@ def encode_targets(boxes_xyxy, class_ids, label_state, imgsz: int, n_box_classes
         reg_mask[c, iy, ix] = 1.0
         heat_mask[c] = 1.0
     return {"heat": heat, "heat_mask": heat_mask, "size": size, "offset": offset, "reg_mask": reg_mask}
+
+
+DENSE_BETA = 0.54          # TTFNet: cells regress inside the box's central beta x beta part
+
+
+def _gaussian(xx, yy, ix: int, iy: int, bw: float, bh: float) -> np.ndarray:
+    sx, sy = max(0.5, SIGMA_SCALE * bw), max(0.5, SIGMA_SCALE * bh)
+    return np.exp(-((xx - ix) ** 2) / (2 * sx * sx) - ((yy - iy) ** 2) / (2 * sy * sy))
+
+
+def _encode_dense(boxes_xyxy, class_ids, label_state, imgsz: int, k_: int, stride: int) -> dict:
+    h = w = int(math.ceil(imgsz / stride))
+    heat = np.zeros((k_, h, w), np.float32)
+    target = np.zeros((4 * k_, h, w), np.float32)
+    weight = np.zeros((k_, h, w), np.float32)
+    heat_mask = (np.asarray(label_state, np.float64).reshape(k_) == 0).astype(np.float32)
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    b = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4) / stride
+    cids = np.asarray(class_ids, int).reshape(-1)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    for j in np.argsort(-area, kind="stable"):       # large first: a smaller box's cells overwrite
+        (x0, y0, x1, y1), c = b[j], cids[j]
+        bw, bh = max(x1 - x0, 1.0 / stride), max(y1 - y0, 1.0 / stride)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        ix, iy = min(max(int(cx), 0), w - 1), min(max(int(cy), 0), h - 1)
+        g = _gaussian(xx, yy, ix, iy, bw, bh)
+        heat[c] = np.maximum(heat[c], g)
+        heat[c, iy, ix] = 1.0
+        heat_mask[c] = 1.0
+        core = ((np.abs(xx + 0.5 - cx) <= DENSE_BETA * bw / 2) & (np.abs(yy + 0.5 - cy) <= DENSE_BETA * bh / 2))
+        core[iy, ix] = True
+        wts = np.where(core, g, 0.0)
+        wts /= wts.sum()
+        target[4 * c:4 * c + 4, core] = np.array([x0, y0, x1, y1], np.float32)[:, None]
+        weight[c, core] = wts[core]
+    return {"heat": heat, "heat_mask": heat_mask, "box": target, "box_weight": weight}
+
+
+def dense_boxes(size, stride: float = 1.0):
+    """Boxes (B, K, 4, h, w) ``x0, y0, x1, y1`` from the dense head's log distances ``size`` (B, 4K, h, w):
+    each cell's centre minus / plus its four distances, times ``stride`` (1 = cells)."""
+    import torch
+
+    b, c4, h, w = size.shape
+    d = size.float().clamp(-MAX_LOG_DIST, MAX_LOG_DIST).exp().view(b, c4 // 4, 4, h, w)
+    cx = (torch.arange(w, device=size.device, dtype=d.dtype) + 0.5).view(1, 1, 1, w)
+    cy = (torch.arange(h, device=size.device, dtype=d.dtype) + 0.5).view(1, 1, h, 1)
+    return torch.stack([cx - d[:, :, 0], cy - d[:, :, 1], cx + d[:, :, 2], cy + d[:, :, 3]], 2) * stride
+
+
+def giou(a, b):
+    """Generalised IoU of boxes ``a`` and ``b`` (..., 4, h, w) along dim -3 (x0, y0, x1, y1), elementwise."""
+    import torch
+
+    ax0, ay0, ax1, ay1 = a.unbind(-3)
+    bx0, by0, bx1, by1 = b.unbind(-3)
+    iw = (torch.minimum(ax1, bx1) - torch.maximum(ax0, bx0)).clamp_min(0)
+    ih = (torch.minimum(ay1, by1) - torch.maximum(ay0, by0)).clamp_min(0)
+    inter = iw * ih
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    hull = (torch.maximum(ax1, bx1) - torch.minimum(ax0, bx0)) * (torch.maximum(ay1, by1) - torch.minimum(ay0, by0))
+    return inter / union.clamp_min(1e-6) - (hull - union) / hull.clamp_min(1e-6)
 
 
 def cln_loss(out: dict, batch: dict, weights: dict | None = None, pos_weight=None) -> tuple:
@@ -151,6 +242,14 @@ def cln_loss(out: dict, batch: dict, weights: dict | None = None, pos_weight=Non
     neg_loss = -torch.log(1 - p) * p ** 2 * (1 - gt) ** 4 * (1 - pos)
     n_pos = (pos * m).sum().clamp_min(1.0)
     l_heat = ((pos_loss + neg_loss) * m).sum() / n_pos
+
+    if "box_weight" in batch:                                  # dense (TTFNet): GIoU at the Gaussian cores
+        bw_ = batch["box_weight"]
+        b, k, hh, ww = bw_.shape
+        target = batch["box"].view(b, k, 4, hh, ww)
+        l_box = ((1 - giou(dense_boxes(out["size"]), target)) * bw_).sum() / bw_.sum().clamp_min(1.0)
+        total = wts["cls"] * l_cls + wts["heat"] * l_heat + wts["box"] * l_box
+        return total, {"cls": float(l_cls.detach()), "heat": float(l_heat.detach()), "box": float(l_box.detach())}
 
     rm = batch["reg_mask"]                                    # (B, K, h, w)
     n_reg = rm.sum().clamp_min(1.0)
@@ -198,6 +297,10 @@ def decode(out: dict, max_boxes: int = 3, stride: int = STRIDE, n_candidates: in
         n = min(max(n_candidates, max_boxes), h * w)
         scores, idx = peaks.view(b, k, -1).topk(n, dim=-1)      # (B, K, n), sorted
         iy, ix = (idx // w).float(), (idx % w).float()
+        if "offset" not in out:                                  # dense: each cell's own box
+            xyxy = dense_boxes(out["size"], stride).view(b, k, 4, h * w)
+            boxes = torch.stack([scores] + [xyxy[:, :, j].gather(-1, idx) for j in range(4)], -1).cpu().numpy()
+            return [[_nms(boxes[i, c], max_boxes, nms_iou) for c in range(k)] for i in range(b)]
         size = out["size"].float().view(b, k, 2, h * w)
         bw = torch.exp(size[:, :, 0].gather(-1, idx)) * stride
         bh = torch.exp(size[:, :, 1].gather(-1, idx)) * stride
@@ -208,4 +311,5 @@ def decode(out: dict, max_boxes: int = 3, stride: int = STRIDE, n_candidates: in
     return [[_nms(boxes[i, c], max_boxes, nms_iou) for c in range(k)] for i in range(b)]
 
 
-__all__ = ["LOSS_WEIGHTS", "STRIDE", "build_cln", "cln_loss", "decode", "encode_targets"]
+__all__ = ["BOX_MODES", "LOSS_WEIGHTS", "STRIDE", "build_cln", "cln_loss", "decode", "dense_boxes", "encode_targets",
+           "giou"]

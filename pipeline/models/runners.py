@@ -52,6 +52,7 @@ class MethodSettings:
     max_boxes: int = 3
     stages: tuple = (0, 1, 2)      # multiscale: trunk stages (strides 8, 16, 32)
     width: int = 64                # CLN: channels of the localisation neck
+    cln_box: str = "centre"        # CLN: box regression, centre (CenterNet) | dense (TTFNet); see pipeline.models.cln
     augment: bool = True
     seed: int = 42
     device: str = "cpu"
@@ -91,14 +92,14 @@ def build(method: str, n_labels: int, s: MethodSettings):
         return build_plain(trunk, n_labels)
     if method == "multiscale":
         return build_multiscale(trunk, n_labels, s.stages)
-    return build_cln(trunk, n_labels, s.n_box_classes, s.width)
+    return build_cln(trunk, n_labels, s.n_box_classes, s.width, s.cln_box)
 
 
 def _dataset(method: str, items: Items, s: MethodSettings, train: bool):
     from pipeline.models.cln import encode_targets
     from pipeline.models.data import BoxDataset, build_box_augment
 
-    encode = (functools.partial(encode_targets, imgsz=s.imgsz, n_box_classes=s.n_box_classes)
+    encode = (functools.partial(encode_targets, imgsz=s.imgsz, n_box_classes=s.n_box_classes, box_mode=s.cln_box)
               if method == "cln" and train else None)
     return BoxDataset(items.paths, items.labels, items.boxes if train else None, s.imgsz, s.n_box_classes,
                       build_box_augment(seed=s.seed) if train and s.augment else None, encode)

@@ -43,7 +43,8 @@ ALL_METHODS = ("prior", "gradcam", "multiscale", "cln", "yolo")
 NETWORKS = ("gradcam", "multiscale", "cln")
 # localise keys that are MethodSettings fields (localise.method_args may override them per network)
 SETTING_KEYS = ("backbone", "weights", "imgsz", "epochs", "batch", "lr", "weight_decay", "warmup_epochs", "width",
-                "augment", "cam_threshold", "max_boxes")
+                "cln_box", "augment", "cam_threshold", "max_boxes")
+CLN_ONLY = ("cln_box",)  # in CLN's fingerprint only: a change retrains CLN, not the CAM networks
 PREDICT_ONLY = ("cam_threshold", "max_boxes")
 
 
@@ -90,6 +91,10 @@ def method_settings(cfg, method: str):
     if values["weights"] and not Path(values["weights"]).is_file():
         raise ConfigError(f"localise.weights: trunk state dict not found: {values['weights']}; give a local file "
                           "or null (from scratch; nothing is downloaded).")
+    from pipeline.models.cln import BOX_MODES
+
+    if values["cln_box"] not in BOX_MODES:
+        raise ConfigError(f"localise.cln_box: {values['cln_box']!r}; use one of {list(BOX_MODES)}")
     if int(loc.labels) not in (8, 14):
         raise ConfigError(f"localise.labels: {loc.labels!r}; use 8 (the boxed classes) or 14 (all findings)")
     device, _ = torch_device(cfg.run.device)
@@ -124,7 +129,8 @@ class Plan:
         if method == "prior":
             return {"rows": rows_digest(rows, None, boxes), "seed": int(self.cfg.run.seed)}
         s = method_settings(self.cfg, method).as_dict()
-        keys = {k2: v for k2, v in s.items() if k2 not in (*PREDICT_ONLY, "device", "workers")}
+        skip = (*PREDICT_ONLY, "device", "workers", *(CLN_ONLY if method != "cln" else ()))
+        keys = {k2: v for k2, v in s.items() if k2 not in skip}
         if keys.get("weights"):
             keys["weights"] = {"file": file_digest(keys["weights"])}
         return {"settings": keys, "labels": self.n_labels, "rows": rows_digest(rows, self.data.y[tr], boxes)}
