@@ -1,4 +1,5 @@
-"""Folds of one stage trained side by side on one CPU machine (``run.parallel_folds``).
+"""Folds of one stage trained side by side on one CPU machine (``run.parallel_folds``): train_det, train_cls
+and localise (each fold process runs every localisation method of its fold).
 
 A from-scratch YOLOv8n or DenseNet-121 step on a CPU does not keep every core busy (measured on the 2-core
 development machine, 2026-12-01: YOLOv8n at 224 px ran at about 150 % CPU with 2 threads, 11.5 s per epoch,
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from pipeline.errors import ConfigError
 
-FOLD_KEYS = {"train_det": ("det", "folds"), "train_cls": ("cls", "folds")}
+FOLD_KEYS = {"train_det": ("det", "folds"), "train_cls": ("cls", "folds"), "localise": ("localise", "folds")}
 
 
 def _on_cpu(device) -> bool:
@@ -43,13 +44,29 @@ def plan(cfg, stage: str) -> tuple[list[int], int, int]:
                           f"another), got {n}.")
     if stage not in FOLD_KEYS or n == 1:
         return [], 1, 0
-    section, key = FOLD_KEYS[stage]
-    folds = [int(k) for k in cfg[section][key]]
+    folds = _folds_of(cfg, stage)
     threads = resolve_threads(cfg.run.threads)
     at_once = min(n or threads, len(folds))
     if at_once < 2 or not _on_cpu(cfg.run.device):
         return [], 1, 0
     return folds, at_once, max(1, threads // at_once)
+
+
+def _folds_of(cfg, stage: str) -> list[int]:
+    """The stage's folds; ``localise.folds: null`` means every fold of the run's folds.csv (none while it
+    does not exist: the stage itself then says what is missing)."""
+    section, key = FOLD_KEYS[stage]
+    value = cfg[section][key]
+    if value is not None:
+        return [int(k) for k in value]
+    import pandas as pd
+
+    from pipeline.paths import RunPaths
+
+    try:
+        return sorted(int(k) for k in pd.read_csv(RunPaths.from_config(cfg).folds_csv, usecols=["fold"])["fold"].unique())
+    except (OSError, ValueError, KeyError):
+        return []
 
 
 def commands(cfg, stage: str, config: Path, folds: list[int], at_once: int, threads: int) -> list[list[str]]:

@@ -130,6 +130,23 @@ def test_stage_end_to_end_contract_report_skip_and_retrain_one_method(prepared, 
     assert (tmp_path / "inf" / "overlays" / "wide.png").is_file()
 
 
+def test_folds_side_by_side_in_their_own_processes(prepared, tmp_path):
+    """run.parallel_folds on the CPU: one process per fold runs every method of that fold, then the stage
+    here finds every unit finished and writes the table over both folds."""
+    root = _copy_run(prepared, tmp_path, "par")
+    cfg = _cfg(root, "par", **{"localise.methods": ["prior", "gradcam"], "run.parallel_folds": 2, "run.threads": 2,
+                               "run.device": "cpu"})
+    paths = RunPaths.from_config(cfg)
+    out = run_stage("localise", cfg)
+    assert out["parallel_folds"] == 2 and out["parallel_failed"] == [] and out["skipped"] is False
+    for k in (0, 1):
+        log = (paths.parallel_dir / f"localise_fold{k}.log").read_text()
+        assert f"gradcam fold {k}: train on" in log and f"folds [{k}] of 2" in log, log[-2000:]
+        assert f"gradcam fold {1 - k}" not in log
+    run = json.loads(paths.localisation_json.read_text())["localisation_run"]
+    assert run["methods"]["gradcam"]["folds"] == [0, 1] and run["methods"]["gradcam"]["folds_missing"] == []
+
+
 def test_yolo_reads_the_runs_detector_oof_predictions(prepared, tmp_path):
     """A detector whose out-of-fold boxes equal the truth finds every box at every T; its AUC comes from
     the best box score of each class; flipped (tta) rows are not used."""

@@ -15,7 +15,7 @@ def _cfg(**over):
     return load_config(None, {"run.device": "cpu", "det.folds": [0, 1, 2], "cls.folds": [0, 1], **over})
 
 
-def test_plan_splits_the_threads_and_stays_in_process_where_it_should():
+def test_plan_splits_the_threads_and_stays_in_process_where_it_should(tmp_path):
     from pipeline.parallel_folds import commands, plan
 
     assert plan(_cfg(), "train_det") == ([], 1, 0)                                   # default: one after another
@@ -26,6 +26,14 @@ def test_plan_splits_the_threads_and_stays_in_process_where_it_should():
     assert plan(_cfg(**{"run.parallel_folds": 2}), "predict") == ([], 1, 0)
     with pytest.raises(ConfigError, match="run.parallel_folds"):
         plan(_cfg(**{"run.parallel_folds": -1}), "train_det")
+    # localise: its folds, or (localise.folds null) every fold of the run's folds.csv; none before it exists
+    assert plan(_cfg(**{"run.parallel_folds": 2, "localise.folds": [0, 1]}), "localise") == ([0, 1], 2, 1)
+    assert plan(_cfg(**{"run.parallel_folds": 2, "run.root": str(tmp_path), "run.name": "r"}), "localise") == ([], 1, 0)
+    (tmp_path / "r").mkdir()
+    pd.DataFrame({"image_id": list("abcdef"), "fold": [2, 0, 1, 0, 1, 2]}).to_csv(tmp_path / "r" / "folds.csv",
+                                                                                  index=False)
+    assert plan(_cfg(**{"run.parallel_folds": 0, "run.threads": 2, "run.root": str(tmp_path), "run.name": "r"}),
+                "localise") == ([0, 1, 2], 2, 1)
     cfg = _cfg(**{"run.parallel_folds": 2, "run.threads": 2, "run.workers": 2})
     cmd = commands(cfg, "train_cls", "c.yaml", [0, 1], 2, 1)[1]
     assert cmd[-5:] == ["c.yaml", "cls.folds=[1]", "run.threads=1", "run.parallel_folds=1", "cls.workers=1"]
