@@ -147,6 +147,19 @@ def test_folds_side_by_side_in_their_own_processes(prepared, tmp_path):
     assert run["methods"]["gradcam"]["folds"] == [0, 1] and run["methods"]["gradcam"]["folds_missing"] == []
 
 
+def test_force_retrains_the_weights(prepared, tmp_path, one_torch_thread):
+    root = _copy_run(prepared, tmp_path, "force")
+    cfg = _cfg(root, "force", **{"localise.methods": ["gradcam"], "localise.folds": [0]})
+    paths = RunPaths.from_config(cfg)
+    run_stage("localise", cfg)
+    before = paths.localise_weights("gradcam", 0).stat().st_mtime_ns
+    run_stage("localise", _cfg(root, "force", **{"localise.methods": ["gradcam"], "localise.folds": [0],
+                                                 "localise.cam_threshold": 0.4}))  # predict-only: weights reused
+    assert paths.localise_weights("gradcam", 0).stat().st_mtime_ns == before
+    out = run_stage("localise", cfg, force=True)
+    assert out["skipped"] is False and paths.localise_weights("gradcam", 0).stat().st_mtime_ns > before
+
+
 def test_yolo_reads_the_runs_detector_oof_predictions(prepared, tmp_path):
     """A detector whose out-of-fold boxes equal the truth finds every box at every T; its AUC comes from
     the best box score of each class; flipped (tta) rows are not used."""

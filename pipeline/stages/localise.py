@@ -280,7 +280,7 @@ def _network(plan: Plan, method: str, k: int, tr, va, work):
         old = json.loads(info_path.read_text())
     except (OSError, ValueError):
         pass
-    if old.get("train_key") == train_key and weights.is_file():
+    if old.get("train_key") == train_key and weights.is_file() and not cfg.run.force:  # run.force retrains
         print(f"[localise] {method} fold {k}: weights trained earlier with the same inputs: reused")
         model, tinfo = R.load(method, plan.n_labels, s, weights, s.device), {**old.get("train", {}), "reused_weights": True}
     else:
