@@ -7,8 +7,8 @@ For each network of ``pipeline.models`` (the plain classifier behind Grad-CAM, m
 either box regression) one training step (forward, loss, backward, AdamW) on random grey images with
 random boxes, median of ``--steps`` after a warm-up step, first in the default memory format, then with
 model and inputs in ``torch.channels_last``; prints both and the ratio (above 1: channels_last is faster).
-A ratio, not a wall time: it holds on a slow day as on a fast one. The localise stage trains in
-channels_last when ``pipeline.models.fit.CHANNELS_LAST`` is true.
+A ratio, not a wall time: it holds on a slow day as on a fast one. The localise stage trains in the
+default format (channels_last was no faster here, docs/notes/localisation.md).
 """
 from __future__ import annotations
 

@@ -40,6 +40,7 @@ from pipeline.classes import CHESTXRAY14, NORMAL_ID  # noqa: E402
 from pipeline.errors import DataError  # noqa: E402
 from pipeline.folds import make_folds, parse_labels  # noqa: E402
 from pipeline.io import write_csv_atomic, write_text_atomic  # noqa: E402
+from pipeline.models.cln import BOX_MODES  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = Path(os.environ.get("CXR_REAL_DATA", REPO.parent / "shared" / "real")) / "chestxray14"
@@ -328,8 +329,8 @@ def parse_args(argv=None):
     ap.add_argument("--folds", default=None, help="comma-separated folds to run (default all)")
     ap.add_argument("--report", action="store_true", help="score the cached folds, write metrics.json and report.md")
     ap.add_argument("--inner", action="store_true",
-                    help="choose settings: train and score on an inner split of outer fold 0's training images")
-    ap.add_argument("--inner-fold", type=int, default=0, help="with --inner: the outer fold whose training images are split")
+                    help="choose settings: train and score on an inner split of outer fold K's training images")
+    ap.add_argument("--inner-fold", type=int, default=0, help="with --inner: K, the outer fold whose training images are split")
     ap.add_argument("--n-splits", type=int, default=3)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--backbone", default="resnet18")
@@ -339,7 +340,7 @@ def parse_args(argv=None):
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--width", type=int, default=64, help="CLN neck channels")
-    ap.add_argument("--cln-box", default="centre", choices=("centre", "dense"), help="CLN box regression")
+    ap.add_argument("--cln-box", default="centre", choices=BOX_MODES, help="CLN box regression")
     ap.add_argument("--labels", type=int, choices=(8, 14), default=14, help="classification outputs")
     ap.add_argument("--extra", action="store_true", help="add images_256/ (no boxes) as classification data")
     ap.add_argument("--no-augment", action="store_true")

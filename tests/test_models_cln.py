@@ -140,8 +140,8 @@ def test_dense_head_shapes_and_a_bad_mode():
 
 def test_dense_targets_hand_computed():
     # a 48 x 40 box centred at (32, 32) in a 64-pixel input: 6 x 5 cells, centre cell (4, 4); the core is the
-    # central 0.54 of the box: cell centres x + 0.5 within 1.62 of 4 (x = 3..5 ... 2.5 also: x = 2..5) and
-    # y + 0.5 within 1.35 of 4 (y = 3, 4)
+    # central 0.54 of the box: cells whose centre x + 0.5 lies within 0.54 * 6 / 2 = 1.62 of 4 (x = 2..5) and
+    # whose y + 0.5 lies within 0.54 * 5 / 2 = 1.35 of 4 (y = 3, 4)
     t = C.encode_targets(np.array([[8, 12, 56, 52]]), [1], np.zeros(8), imgsz=64, box_mode="dense")
     assert set(t) == {"heat", "heat_mask", "box", "box_weight"}
     cells = np.argwhere(t["box_weight"][1] > 0)

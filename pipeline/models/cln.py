@@ -40,8 +40,8 @@ Two box regressions (``box_mode``):
   every cell of the box's elliptical Gaussian core (the heatmap's Gaussian, cells whose centre lies in
   the box), each cell weighted by its Gaussian value and each box's weights summing to 1, with a GIoU
   loss (weight ``LOSS_WEIGHTS["box"]`` = 5, TTFNet's). Why: with a few hundred boxed images the centre
-  form sees about one size sample per box and epoch; the dense form sees 5-30 and optimises overlap
-  itself, which is what IoU > 0.5 counts. Where two boxes of a class overlap, a cell regresses the
+  form sees about one size sample per box and epoch; the dense form sees a few for a small box and
+  dozens for a large one (8 for a 48 x 40 px box at stride 8) and optimises overlap itself, which is what IoU > 0.5 counts. Where two boxes of a class overlap, a cell regresses the
   smaller (TTFNet's rule). No offset head: the distances place the box exactly.
 
 Decoding (:func:`decode`): a 3x3 max-pool keeps local maxima; the 20 highest per class become boxes
@@ -91,7 +91,6 @@ def build_cln(trunk, n_labels: int, n_box_classes: int = 8, width: int = 64, box
             super().__init__()
             self.trunk = trunk
             self.n_box_classes = n_box_classes
-            self.box_mode = box_mode
             self.fc = nn.Linear(trunk.channels[-1], n_labels)
             self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in trunk.channels)
             # + 2 coordinate channels (CoordConv): where a finding sits is half of what is localised
@@ -145,10 +144,8 @@ def encode_targets(boxes_xyxy, class_ids, label_state, imgsz: int, n_box_classes
     state = np.asarray(label_state, np.float64).reshape(k_)
     heat_mask = (state == 0).astype(np.float32)  # absent: all-zero target is known
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
-    for (x0, y0, x1, y1), c in zip(np.asarray(boxes_xyxy, np.float64).reshape(-1, 4), np.asarray(class_ids, int)):
-        bw, bh = max(x1 - x0, 1.0) / stride, max(y1 - y0, 1.0) / stride
-        cx, cy = (x0 + x1) / 2 / stride, (y0 + y1) / 2 / stride
-        ix, iy = min(max(int(cx), 0), w - 1), min(max(int(cy), 0), h - 1)
+    for box, c in zip(np.asarray(boxes_xyxy, np.float64).reshape(-1, 4), np.asarray(class_ids, int)):
+        bw, bh, cx, cy, ix, iy = _in_cells(box, stride, w, h)
         g = _gaussian(xx, yy, ix, iy, bw, bh)
         heat[c] = np.maximum(heat[c], g)
         heat[c, iy, ix] = 1.0
@@ -160,6 +157,15 @@ def encode_targets(boxes_xyxy, class_ids, label_state, imgsz: int, n_box_classes
 
 
 DENSE_BETA = 0.54          # TTFNet: cells regress inside the box's central beta x beta part
+
+
+def _in_cells(box_px, stride: int, w: int, h: int) -> tuple:
+    """``(bw, bh, cx, cy, ix, iy)`` of a box in input pixels: side lengths (at least one pixel) and centre
+    in cells, and the cell holding the centre (clipped to the map)."""
+    x0, y0, x1, y1 = map(float, box_px)
+    bw, bh = max(x1 - x0, 1.0) / stride, max(y1 - y0, 1.0) / stride
+    cx, cy = (x0 + x1) / 2 / stride, (y0 + y1) / 2 / stride
+    return bw, bh, cx, cy, min(max(int(cx), 0), w - 1), min(max(int(cy), 0), h - 1)
 
 
 def _gaussian(xx, yy, ix: int, iy: int, bw: float, bh: float) -> np.ndarray:
@@ -174,14 +180,12 @@ def _encode_dense(boxes_xyxy, class_ids, label_state, imgsz: int, k_: int, strid
     weight = np.zeros((k_, h, w), np.float32)
     heat_mask = (np.asarray(label_state, np.float64).reshape(k_) == 0).astype(np.float32)
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
-    b = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4) / stride
+    b = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
     cids = np.asarray(class_ids, int).reshape(-1)
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     for j in np.argsort(-area, kind="stable"):       # large first: a smaller box's cells overwrite
-        (x0, y0, x1, y1), c = b[j], cids[j]
-        bw, bh = max(x1 - x0, 1.0 / stride), max(y1 - y0, 1.0 / stride)
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        ix, iy = min(max(int(cx), 0), w - 1), min(max(int(cy), 0), h - 1)
+        c = cids[j]
+        bw, bh, cx, cy, ix, iy = _in_cells(b[j], stride, w, h)
         g = _gaussian(xx, yy, ix, iy, bw, bh)
         heat[c] = np.maximum(heat[c], g)
         heat[c, iy, ix] = 1.0
@@ -190,7 +194,7 @@ def _encode_dense(boxes_xyxy, class_ids, label_state, imgsz: int, k_: int, strid
         core[iy, ix] = True
         wts = np.where(core, g, 0.0)
         wts /= wts.sum()
-        target[4 * c:4 * c + 4, core] = np.array([x0, y0, x1, y1], np.float32)[:, None]
+        target[4 * c:4 * c + 4, core] = (b[j] / stride).astype(np.float32)[:, None]
         weight[c, core] = wts[core]
     return {"heat": heat, "heat_mask": heat_mask, "box": target, "box_weight": weight}
 
@@ -296,11 +300,11 @@ def decode(out: dict, max_boxes: int = 3, stride: int = STRIDE, n_candidates: in
         b, k, h, w = heat.shape
         n = min(max(n_candidates, max_boxes), h * w)
         scores, idx = peaks.view(b, k, -1).topk(n, dim=-1)      # (B, K, n), sorted
-        iy, ix = (idx // w).float(), (idx % w).float()
         if "offset" not in out:                                  # dense: each cell's own box
             xyxy = dense_boxes(out["size"], stride).view(b, k, 4, h * w)
             boxes = torch.stack([scores] + [xyxy[:, :, j].gather(-1, idx) for j in range(4)], -1).cpu().numpy()
             return [[_nms(boxes[i, c], max_boxes, nms_iou) for c in range(k)] for i in range(b)]
+        iy, ix = (idx // w).float(), (idx % w).float()
         size = out["size"].float().view(b, k, 2, h * w)
         bw = torch.exp(size[:, :, 0].gather(-1, idx)) * stride
         bh = torch.exp(size[:, :, 1].gather(-1, idx)) * stride
