@@ -286,3 +286,20 @@ def test_pycocotools_own_summary_matches_module():
     assert [res["ap"], res["ap50"], res["ap75"], res["ar"]] == pytest.approx(
         [ev.stats[0], ev.stats[1], ev.stats[2], ev.stats[8]], abs=1e-12)
     assert run_cocoeval(gt, results).params.maxDets == [100]
+
+
+def test_per_fold_scores_each_folds_images_alone():
+    from pipeline.stages.evaluate import coco_per_fold
+
+    truth = T(("a", 0, 10, 10, 200, 300), ("b", 1, 0, 0, 64, 64), ("c", 0, 5, 5, 50, 50))
+    # fold 0 (a, b): found, b under the wrong class (a hit only class-agnostic); fold 1 (c): missed
+    preds = P(("a", 0, 0.9, 10, 10, 200, 300), ("b", 0, 0.8, 0, 0, 64, 64), ("c", 0, 0.7, 100, 100, 140, 140))
+    folds = pd.Series([0, 0, 1], index=["a", "b", "c"])
+    res = coco_per_fold(truth, preds, NAMES, NORMAL, ["a", "b", "c"], folds, "pycocotools")
+    assert set(res) == {"0", "1"}
+    assert res["0"]["n_images"] == 2 and res["1"]["n_images"] == 1
+    assert res["0"]["ap50_agnostic"] == pytest.approx(1.0)
+    assert res["0"]["ap50"] == pytest.approx(0.5)  # cls0 found, cls1 missed
+    assert res["1"]["ap50"] == pytest.approx(0.0) and res["1"]["ap50_agnostic"] == pytest.approx(0.0)
+    pooled = coco_scores(truth, preds, NAMES, NORMAL, ["a", "b", "c"])
+    assert pooled["agnostic"]["ap50"] != pytest.approx(res["0"]["ap50_agnostic"])  # not one fold's figure

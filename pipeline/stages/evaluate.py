@@ -124,6 +124,7 @@ def run(cfg, paths: RunPaths) -> dict:
     metric = check_headline_metric(str(cfg.evaluate.metric))
     coco = {k: coco_scores(truth, preds, names, nid, eval_ids, backend=str(cfg.evaluate.coco_backend))
             for k, preds in (("final", final), ("no_filter", fused))}
+    coco["final"]["per_fold"] = coco_per_fold(truth, final, names, nid, eval_ids, folds, str(cfg.evaluate.coco_backend))
     fuse_info = _fuse_info(paths)
     test = _test_scores(cfg, paths, classes, iou)
     summary = {"headline": _headline(cfg, fuse_info), "headline_metric": metric,
@@ -160,10 +161,32 @@ def run(cfg, paths: RunPaths) -> dict:
           f"'No finding' baseline {summary['baseline_map']:.4f}" + (f", test {summary['test_map']:.4f}" if test else ""))
     print(f"[evaluate] out-of-fold COCO AP50 {_f(coco['final']['ap50'])}, AP {_f(coco['final']['ap'])}, class-agnostic "
           f"AP50 {_f(coco['final']['agnostic']['ap50'])}; headline ({metric}): {_f(summary['headline_value'])}")
+    spread = coco["final"]["per_fold"]
+    if len(spread) > 1:
+        print("[evaluate] per fold, COCO AP50 / class-agnostic AP50: " + ", ".join(
+            f"fold {k} {_f(v['ap50'])} / {_f(v['ap50_agnostic'])}" for k, v in spread.items()))
     print(f"[evaluate] {rule['statement']}")
     print_tables(metrics)
     if fuse_info.get("warnings"):
         out["warnings"] = fuse_info["warnings"]
+    return out
+
+
+def coco_per_fold(truth: pd.DataFrame, preds: pd.DataFrame, names: list[str], normal_id: int, eval_ids: list[str],
+                  folds: pd.Series, backend: str) -> dict[str, dict]:
+    """The spread across folds: ``{fold: {"ap50", "ap", "ap50_agnostic", "n_images"}}``, each fold's images
+    scored alone (COCO AP is not the mean of its folds': the ranking pools every image)."""
+    from pipeline.coco_metrics import coco_scores
+
+    out = {}
+    of = pd.Series(eval_ids, dtype=str).map(folds)
+    for k in sorted(of.dropna().unique()):
+        ids = [i for i, f in zip(eval_ids, of) if f == k]
+        keep = set(ids)
+        res = coco_scores(truth[truth["image_id"].isin(keep)], preds[preds["image_id"].isin(keep)], names, normal_id,
+                          ids, backend=backend)
+        out[str(int(k))] = {"ap50": res["ap50"], "ap": res["ap"], "ap50_agnostic": res["agnostic"]["ap50"],
+                            "n_images": len(ids)}
     return out
 
 
