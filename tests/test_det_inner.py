@@ -56,3 +56,15 @@ def test_run_dir_links_images_and_copies_tables(tmp_path):
     assert not (out / "images.csv").is_symlink()  # a copy: the inner run may rewrite its tables
     assert pd.read_csv(out / "folds.csv")["image_id"].tolist() == folds["image_id"].tolist()
     inner.make_run_dir(run, out, folds)  # a second time (a rerun of the variant) is fine
+
+
+def test_variant_command_trains_and_scores_the_asked_inner_folds(tmp_path):
+    args = inner.argparse.Namespace(config="configs/tbx11k.yaml", cache=tmp_path, score_folds=3, threads=1,
+                                    overrides=["det.epochs=2"])
+    cmd = inner.variant_command(args, "inner1_adamw", ["det.train_args.optimizer=auto"])
+    assert cmd[1:4] == ["-m", "pipeline", "run"]
+    assert "det.folds=[0,1,2]" in cmd and f"run.root={tmp_path}" in cmd and "run.name=inner1_adamw" in cmd
+    assert cmd[-2:] == ["det.epochs=2", "det.train_args.optimizer=auto"]  # the variant's own keys win
+    with pytest.raises(SystemExit, match="--score-folds 5"):
+        inner.main(["--prepared", str(tmp_path), "--config", "c.yaml", "--outer-fold", "0", "--cache", str(tmp_path),
+                    "--variant", "plain", "--score-folds", "5"])
