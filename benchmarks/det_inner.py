@@ -2,10 +2,10 @@
 training images, never on the images an out-of-fold figure is later reported for.
 
     .venv/bin/python benchmarks/det_inner.py --prepared /tmp/exp/tbx_prep --config configs/tbx11k.yaml \\
-        --outer-fold 0 --cache /tmp/det_inner --variant plain --variant one_class:det.single_cls=true
+        --outer-fold 0 --cache /tmp/det_inner --variant plain --variant adamw:det.train_args.optimizer=auto
 
-``--prepared`` is a run directory that prepare and folds have filled for the same config (its
-images, labels and tables are linked, never copied or changed). For outer fold K of its folds.csv the
+``--prepared`` is a run directory that prepare and folds have filled for the same config (its images
+and labels are linked, its tables copied; it is never changed). For outer fold K of its folds.csv the
 images of fold K are left out altogether; the others (K's training images) are split again by the
 pipeline's own folds (``--inner-splits``, seeded by ``--seed``) and inner fold 0 is held out (with
 ``--score-folds N``: inner folds 0..N-1 in turn, scored together). Each ``--variant NAME[:KEY=VALUE,...]``
@@ -117,10 +117,11 @@ def main(argv=None) -> int:
         make_run_dir(args.prepared, args.cache / run_name, folds)
         cmd = variant_command(args, run_name, overrides)
         log = open(args.cache / f"{run_name}.log", "w")
-        procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.time(), log, run_name)
+        procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.time(), log, run_name,
+                       overrides)
         print(f"{name}: {' '.join(cmd[1:])}  (log {log.name})", flush=True)
     results, failed = {}, []
-    for name, (proc, t0, log, run_name) in procs.items():
+    for name, (proc, t0, log, run_name, overrides) in procs.items():
         rc = proc.wait()
         log.close()
         if rc:
@@ -131,8 +132,7 @@ def main(argv=None) -> int:
         s = metrics["summary"]
         results[name] = {"headline_metric": s["headline_metric"], "headline": s["headline_value"],
                          "coco_ap50_agnostic": s.get("oof_coco_ap50_agnostic"), "coco_ap50": s.get("oof_coco_ap50"),
-                         "seconds": round(time.time() - t0, 1), "overrides": dict(o.split("=", 1) for o in
-                                                                                  dict(variants)[name])}
+                         "seconds": round(time.time() - t0, 1), "overrides": dict(o.split("=", 1) for o in overrides)}
         print(f"{name}: {s['headline_metric']} {s['headline_value']:.4f} on {n_val} inner held-out images, "
               f"{results[name]['seconds']:.0f} s", flush=True)
     out = args.cache / f"inner{args.outer_fold}.json"  # variants measured earlier on this split are kept

@@ -41,8 +41,9 @@ Two box regressions (``box_mode``):
   the box), each cell weighted by its Gaussian value and each box's weights summing to 1, with a GIoU
   loss (weight ``LOSS_WEIGHTS["box"]`` = 5, TTFNet's). Why: with a few hundred boxed images the centre
   form sees about one size sample per box and epoch; the dense form sees a few for a small box and
-  dozens for a large one (8 for a 48 x 40 px box at stride 8) and optimises overlap itself, which is what IoU > 0.5 counts. Where two boxes of a class overlap, a cell regresses the
-  smaller (TTFNet's rule). No offset head: the distances place the box exactly.
+  dozens for a large one (8 for a 48 x 40 px box at stride 8) and optimises overlap itself, which is
+  what IoU > 0.5 counts. Where two boxes of a class overlap, a cell regresses the smaller (TTFNet's
+  rule). No offset head: the distances place the box exactly.
 
 Decoding (:func:`decode`): a 3x3 max-pool keeps local maxima; the 20 highest per class become boxes
 (``centre +- exp(size) * stride / 2``, or the cell centre minus / plus the four distances), scored by
@@ -146,9 +147,7 @@ def encode_targets(boxes_xyxy, class_ids, label_state, imgsz: int, n_box_classes
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
     for box, c in zip(np.asarray(boxes_xyxy, np.float64).reshape(-1, 4), np.asarray(class_ids, int)):
         bw, bh, cx, cy, ix, iy = _in_cells(box, stride, w, h)
-        g = _gaussian(xx, yy, ix, iy, bw, bh)
-        heat[c] = np.maximum(heat[c], g)
-        heat[c, iy, ix] = 1.0
+        _paint_heat(heat[c], xx, yy, ix, iy, bw, bh)
         size[2 * c:2 * c + 2, iy, ix] = (math.log(bw), math.log(bh))
         offset[:, iy, ix] = (min(max(cx - ix, 0.0), 1.0), min(max(cy - iy, 0.0), 1.0))
         reg_mask[c, iy, ix] = 1.0
@@ -173,6 +172,15 @@ def _gaussian(xx, yy, ix: int, iy: int, bw: float, bh: float) -> np.ndarray:
     return np.exp(-((xx - ix) ** 2) / (2 * sx * sx) - ((yy - iy) ** 2) / (2 * sy * sy))
 
 
+def _paint_heat(heat_c: np.ndarray, xx, yy, ix: int, iy: int, bw: float, bh: float) -> np.ndarray:
+    """Draw one box's Gaussian into its class's heatmap (in place: the maximum where boxes meet, 1 at the
+    centre cell); returns the Gaussian."""
+    g = _gaussian(xx, yy, ix, iy, bw, bh)
+    np.maximum(heat_c, g, out=heat_c)
+    heat_c[iy, ix] = 1.0
+    return g
+
+
 def _encode_dense(boxes_xyxy, class_ids, label_state, imgsz: int, k_: int, stride: int) -> dict:
     h = w = int(math.ceil(imgsz / stride))
     heat = np.zeros((k_, h, w), np.float32)
@@ -186,9 +194,7 @@ def _encode_dense(boxes_xyxy, class_ids, label_state, imgsz: int, k_: int, strid
     for j in np.argsort(-area, kind="stable"):       # large first: a smaller box's cells overwrite
         c = cids[j]
         bw, bh, cx, cy, ix, iy = _in_cells(b[j], stride, w, h)
-        g = _gaussian(xx, yy, ix, iy, bw, bh)
-        heat[c] = np.maximum(heat[c], g)
-        heat[c, iy, ix] = 1.0
+        g = _paint_heat(heat[c], xx, yy, ix, iy, bw, bh)
         heat_mask[c] = 1.0
         core = ((np.abs(xx + 0.5 - cx) <= DENSE_BETA * bw / 2) & (np.abs(yy + 0.5 - cy) <= DENSE_BETA * bh / 2))
         core[iy, ix] = True
