@@ -324,6 +324,21 @@ def test_stage_writes_predictions_metrics_and_plots(tmp_path):
     assert again["cls_oof_auc"] == summary["cls_oof_auc"]
 
 
+def test_stage_runs_with_every_epoch_rule(tmp_path, capsys):
+    """cls.select=last and best_on_fold_optimistic train and predict too (last has no selection images:
+    the stage once crashed building its log line)."""
+    from pipeline.stages import train_cls
+
+    paths = make_run(tmp_path, n_train=16, n_test=0)
+    for select, words in (("last", "last epoch kept"), ("best_on_fold_optimistic", "on the fold itself")):
+        summary = train_cls.run(tiny_cfg(tmp_path, **{"cls.select": select, "cls.folds": [0],
+                                                      "cls.name": f"m_{select}", "cls.gradcam_n": 0}), paths)
+        assert words in capsys.readouterr().out
+        oof = pd.read_csv(paths.cls_predictions(f"m_{select}", "oof"), dtype={"image_id": str})
+        assert len(oof) == 8 and oof["p_abnormal"].between(0, 1).all()
+        assert 0 <= summary["cls_oof_auc"] <= 1 or np.isnan(summary["cls_oof_auc"])
+
+
 def test_one_fold_per_job_combines_every_finished_fold(tmp_path, monkeypatch, capsys):
     """The README's scale-out recipe: job 1 trains cls.folds=[0], job 2 cls.folds=[1]. After job 2 the
     prediction files cover both folds (oof) and average both models (test); fold 0 is not retrained."""

@@ -199,8 +199,9 @@ def run(cfg, paths) -> dict:
             print(f"[train_cls] fold {k}: trained earlier with the same inputs: skipped")
             statuses.append("skipped")
         else:
-            what = {"inner": f"epoch chosen on an inner holdout of {int(sel.sum())}", "last": "last epoch kept",
-                    "best_on_fold_optimistic": "epoch chosen on the fold itself (optimistic)"}[cfg.cls.select]
+            what = (f"epoch chosen on an inner holdout of {int(sel.sum())}" if cfg.cls.select == "inner" else
+                    {"last": "last epoch kept",
+                     "best_on_fold_optimistic": "epoch chosen on the fold itself (optimistic)"}[cfg.cls.select])
             print(f"[train_cls] fold {k}: train {int(fit.sum())} images, {what}; predicts {int(oof.sum())} "
                   f"({train_work.why_not_done()})")
             train_work.start()
