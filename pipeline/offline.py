@@ -37,6 +37,25 @@ def apply() -> None:
     os.environ.setdefault("YOLO_CONFIG_DIR", str(CONFIG_DIR))
 
 
+def _make_config_dir(folder: Path) -> None:
+    """``folder`` and its parents, or a PipelineError that names the link or file in the way (a ``.cache``
+    symlink to a folder that is gone made mkdir raise a bare FileExistsError deep in the detector stage)."""
+    for part in [*reversed(folder.parents), folder]:
+        if part.is_symlink() and not part.exists():
+            from pipeline.errors import PipelineError
+
+            raise PipelineError(f"{part} is a symbolic link to {os.readlink(part)}, which does not exist: "
+                                f"create that folder, or remove the link (it holds ultralytics' settings and "
+                                f"font; set YOLO_CONFIG_DIR to put them elsewhere)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        from pipeline.errors import PipelineError
+
+        raise PipelineError(f"cannot create ultralytics' settings folder {folder}: {exc}; a file of that name is "
+                            f"in the way: move it, or set YOLO_CONFIG_DIR to another folder") from exc
+
+
 def prepare_ultralytics() -> None:
     """Call right before importing ultralytics: font in place, settings that would sync turned off.
 
@@ -46,7 +65,7 @@ def prepare_ultralytics() -> None:
     apply()
     # ultralytics keeps its files in $YOLO_CONFIG_DIR/Ultralytics (utils.get_user_config_dir).
     cfg_dir = Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics"
-    cfg_dir.mkdir(parents=True, exist_ok=True)
+    _make_config_dir(cfg_dir)
     import matplotlib
 
     font_src = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"

@@ -44,3 +44,21 @@ def test_pillow_raises_its_own_error_after_ultralytics_is_imported(tmp_path):
     bad.write_text("plain text")
     with pytest.raises(UnidentifiedImageError):
         Image.open(bad)
+
+
+def test_a_dangling_cache_link_is_a_clear_error(tmp_path, monkeypatch):
+    """A `.cache` symlink to a folder that is gone: an error naming the link, not mkdir's FileExistsError."""
+    from pipeline import offline
+    from pipeline.errors import PipelineError
+
+    link = tmp_path / ".cache"
+    link.symlink_to(tmp_path / "gone")
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(link / "ultralytics"))
+    with pytest.raises(PipelineError, match=r"\.cache is a symbolic link to .*gone, which does not exist"):
+        offline.prepare_ultralytics()
+    (tmp_path / "gone").mkdir()  # once the target exists the folders are made
+    offline._make_config_dir(link / "ultralytics" / "Ultralytics")
+    assert (tmp_path / "gone" / "ultralytics" / "Ultralytics").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PipelineError, match="a file of that name is in the way"):
+        offline._make_config_dir(tmp_path / "file" / "sub")
