@@ -149,7 +149,8 @@ def test_fuse_evaluate_submit_with_the_filter(tmp_path):
     assert m["coco"]["no_filter"]["ap50"] < 1.0  # the confident false positive on t0 costs AP50 without the filter
     assert set(m["coco"]["final"]["per_fold"]) == {"0", "1"}  # each fold's images alone: the spread
     assert all(v["ap50_agnostic"] == pytest.approx(1.0) for v in m["coco"]["final"]["per_fold"].values())
-    assert "fold 1 alone" in paths.report.read_text()
+    assert "fold 1 alone (mean over classes)" in paths.report.read_text()
+    assert "<th>class-agnostic AP50</th>" in paths.report.read_text()  # a column, not digits in a row label
     assert esum["headline_metric"] == "voc_map" and esum["headline_value"] == esum["oof_map"]
     other = evaluate.run(load_config(None, {**_flat(cfg), "evaluate.metric": "coco_ap50_agnostic"}), paths)
     assert other["headline_value"] == pytest.approx(1.0) and "COCO AP50" in paths.report.read_text()
