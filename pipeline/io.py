@@ -9,9 +9,30 @@ from pathlib import Path
 from typing import Callable
 
 
+def make_dirs(folder: Path) -> Path:
+    """``folder`` and its parents (``mkdir -p``). When something is in the way -- a symbolic link to a folder
+    that is gone (e.g. a ``.cache`` or ``runs`` link), or a file where a folder should be -- a PipelineError
+    names it and says what to do, instead of mkdir's bare FileExistsError. Nothing extra when mkdir succeeds."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        from pipeline.errors import PipelineError
+
+        for part in [*reversed(folder.parents), folder]:
+            if part.is_symlink() and not part.exists():
+                raise PipelineError(f"{part} is a symbolic link to {os.readlink(part)}, which does not exist: "
+                                    f"create that folder, or remove the link") from exc
+            if part.exists() and not part.is_dir():
+                raise PipelineError(f"cannot create the folder {folder}: {part} is a file: a file of that name "
+                                    f"is in the way: move it, or choose another folder") from exc
+        raise PipelineError(f"cannot create the folder {folder}: {exc}") from exc
+    return folder
+
+
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     try:
@@ -92,7 +113,7 @@ def locked(path: Path, timeout: float = LOCK_TIMEOUT):
     from pipeline.errors import PipelineError
 
     lock_file = lock_path(path)
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(lock_file.parent)
     lock = FileLock(str(lock_file), timeout=timeout)
     try:
         lock.acquire()

@@ -37,25 +37,6 @@ def apply() -> None:
     os.environ.setdefault("YOLO_CONFIG_DIR", str(CONFIG_DIR))
 
 
-def _make_config_dir(folder: Path) -> None:
-    """``folder`` and its parents, or a PipelineError that names the link or file in the way (a ``.cache``
-    symlink to a folder that is gone made mkdir raise a bare FileExistsError deep in the detector stage)."""
-    for part in [*reversed(folder.parents), folder]:
-        if part.is_symlink() and not part.exists():
-            from pipeline.errors import PipelineError
-
-            raise PipelineError(f"{part} is a symbolic link to {os.readlink(part)}, which does not exist: "
-                                f"create that folder, or remove the link (it holds ultralytics' settings and "
-                                f"font; set YOLO_CONFIG_DIR to put them elsewhere)")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as exc:
-        from pipeline.errors import PipelineError
-
-        raise PipelineError(f"cannot create ultralytics' settings folder {folder}: {exc}; a file of that name is "
-                            f"in the way: move it, or set YOLO_CONFIG_DIR to another folder") from exc
-
-
 def prepare_ultralytics() -> None:
     """Call right before importing ultralytics: font in place, settings that would sync turned off.
 
@@ -64,20 +45,17 @@ def prepare_ultralytics() -> None:
     """
     apply()
     # ultralytics keeps its files in $YOLO_CONFIG_DIR/Ultralytics (utils.get_user_config_dir).
-    cfg_dir = Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics"
-    _make_config_dir(cfg_dir)
+    from pipeline.io import locked, make_dirs, write_bytes_atomic
+
+    cfg_dir = make_dirs(Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics")  # set YOLO_CONFIG_DIR to move it
     import matplotlib
 
     font_src = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
     for name in ("Arial.ttf", "Arial.Unicode.ttf"):
         dst = cfg_dir / name
         if not dst.exists():  # parallel fold jobs may race here: each writes its own temporary, then renames
-            from pipeline.io import write_bytes_atomic
-
             write_bytes_atomic(dst, font_src.read_bytes())
     from PIL import Image
-
-    from pipeline.io import locked
 
     pil_open = Image.open
     # ultralytics reads settings.json at import and rewrites it in place on update: a job reading it while

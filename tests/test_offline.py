@@ -47,18 +47,22 @@ def test_pillow_raises_its_own_error_after_ultralytics_is_imported(tmp_path):
 
 
 def test_a_dangling_cache_link_is_a_clear_error(tmp_path, monkeypatch):
-    """A `.cache` symlink to a folder that is gone: an error naming the link, not mkdir's FileExistsError."""
+    """A `.cache` symlink to a folder that is gone: an error naming the link, not mkdir's FileExistsError
+    (pipeline.io.make_dirs, which every atomic write and lock also uses)."""
     from pipeline import offline
     from pipeline.errors import PipelineError
+    from pipeline.io import make_dirs, write_text_atomic
 
     link = tmp_path / ".cache"
     link.symlink_to(tmp_path / "gone")
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(link / "ultralytics"))
     with pytest.raises(PipelineError, match=r"\.cache is a symbolic link to .*gone, which does not exist"):
         offline.prepare_ultralytics()
+    with pytest.raises(PipelineError, match=r"\.cache is a symbolic link"):
+        write_text_atomic(link / "run" / "x.txt", "x")
     (tmp_path / "gone").mkdir()  # once the target exists the folders are made
-    offline._make_config_dir(link / "ultralytics" / "Ultralytics")
+    make_dirs(link / "ultralytics" / "Ultralytics")
     assert (tmp_path / "gone" / "ultralytics" / "Ultralytics").is_dir()
     (tmp_path / "file").write_text("x")
     with pytest.raises(PipelineError, match="a file of that name is in the way"):
-        offline._make_config_dir(tmp_path / "file" / "sub")
+        make_dirs(tmp_path / "file" / "sub")
