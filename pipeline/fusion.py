@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline.classes import NORMAL_ID
 from pipeline.config import resolve_workers
 from pipeline.errors import DataError
-from pipeline.source_nms import source_nms_keep
+from pipeline.source_nms import across_classes_keep, source_nms_keep
 from pipeline.wbf import CONF_TYPES, weighted_boxes_fusion_batched
 
 DET_COLUMNS = ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"]
@@ -85,6 +85,13 @@ def sort_detections(df: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------------
 # fusion
 # --------------------------------------------------------------------------------------------------
+def fuse_options(fc) -> dict:
+    """The keyword arguments of :func:`fuse_detections` from a config's ``fuse`` section (the fuse stage
+    and ``infer`` fuse alike)."""
+    return dict(method=fc.method, iou_thr=fc.iou_thr, skip_box_thr=fc.skip_box_thr, conf_type=fc.conf_type,
+                source_nms=bool(fc.source_nms), across_classes=bool(fc.get("across_classes", False)))
+
+
 def _fuse_one(per_source: list[tuple[np.ndarray, np.ndarray, np.ndarray]], method: str, iou_thr: float,
               skip_box_thr: float, conf_type: str, weights: list[float] | None, sigma: float,
               soft_thresh: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -175,7 +182,7 @@ def fuse_detections(frames: Sequence[pd.DataFrame], sizes: pd.DataFrame, method:
                     weights: Sequence[float] | None = None, workers: int = 1, sigma: float = 0.5,
                     soft_thresh: float = 0.001, chunk_size: int = 200,
                     progress: Callable[[int], None] | None = None, *, engine: str = "batched",
-                    source_nms: bool = False) -> pd.DataFrame:
+                    source_nms: bool = False, across_classes: bool = False) -> pd.DataFrame:
     """Fuse detections of several sources (one frame per model x fold x flip) image by image.
 
     Each frame is a detections table (``image_id, class_id, score, x_min, y_min, x_max, y_max`` in
@@ -196,6 +203,8 @@ def fuse_detections(frames: Sequence[pd.DataFrame], sizes: pd.DataFrame, method:
     ``workers > 1`` fuses chunks of ``chunk_size`` images in a process pool (``0`` = all cores).
     ``source_nms`` (WBF only): first NMS inside each source, image and class at ``iou_thr`` (see
     pipeline.source_nms), so that one source gives at most one box per cluster, as WBF assumes.
+    ``across_classes``: after fusion, NMS at ``iou_thr`` over every fused box of an image whatever its
+    class (the stronger box keeps its class; :func:`pipeline.source_nms.across_classes_keep`).
     Returns a detections table sorted by image and descending score; images without any box are absent.
     """
     if method not in METHODS:
@@ -279,6 +288,9 @@ def fuse_detections(frames: Sequence[pd.DataFrame], sizes: pd.DataFrame, method:
     out_img, cls, score, box = (np.concatenate(x) for x in zip(*results)) if results else ([],) * 4
     if not len(out_img):
         return empty_detections()
+    if across_classes:
+        keep = across_classes_keep(box, score, out_img, float(iou_thr))
+        out_img, cls, score, box = out_img[keep], cls[keep], score[keep], box[keep]
     return sort_detections(pd.DataFrame({"image_id": pd.Series(image_ids[out_img], dtype="str"), "class_id": cls,
                                          "score": score, **{c: box[:, i] for i, c in enumerate(BOX_COLUMNS)}}))
 

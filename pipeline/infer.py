@@ -84,7 +84,7 @@ def _classifier_weights(cfg, paths) -> dict[int, Path]:
 def detect(cfg, det_weights: dict, items: list[tuple], conf: float, tta: bool, sizes: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Fused detections (original pixels) of every model x fold x flip on ``items`` (id, png, w, h)."""
     from pipeline.detector import import_ultralytics, predict_images, resolve_detector_device
-    from pipeline.fusion import DET_COLUMNS, fuse_detections
+    from pipeline.fusion import DET_COLUMNS, fuse_detections, fuse_options
 
     YOLO = import_ultralytics(cfg.run.threads)
     device = resolve_detector_device(cfg.run.device)
@@ -98,9 +98,7 @@ def detect(cfg, det_weights: dict, items: list[tuple], conf: float, tta: bool, s
                 frames.append(dets.loc[dets["tta"] == flip, DET_COLUMNS].reset_index(drop=True))
                 weights.append(float((cfg.fuse.weights or {}).get(m, 1.0)))
                 names.append(f"{m} fold{k} {flip}")
-    fused = fuse_detections(frames, sizes, method=cfg.fuse.method, iou_thr=cfg.fuse.iou_thr,
-                            skip_box_thr=cfg.fuse.skip_box_thr, conf_type=cfg.fuse.conf_type, weights=weights,
-                            workers=1, source_nms=bool(cfg.fuse.source_nms))
+    fused = fuse_detections(frames, sizes, weights=weights, workers=1, **fuse_options(cfg.fuse))
     return fused, names
 
 

@@ -1,4 +1,5 @@
-"""NMS inside each (image, source, class) group of a whole batch at once: ``fuse.source_nms``.
+"""NMS inside each (image, source, class) group of a whole batch at once: ``fuse.source_nms``, and across
+the classes of each image after fusion: ``fuse.across_classes``.
 
 Why: WBF averages the scores of every box that joins a cluster. A detector's own NMS (``det.iou``, usually
 above the fusion's ``iou_thr``) leaves weaker boxes around an object that overlap the best one by less than
@@ -62,3 +63,14 @@ def source_nms_keep(boxes: np.ndarray, scores: np.ndarray, image: np.ndarray, so
         kept[rows] = ~((iou > iou_thr) & kept[prev]).any(axis=1)
     keep[valid[order[kept]]] = True
     return keep
+
+
+def across_classes_keep(boxes: np.ndarray, scores: np.ndarray, image: np.ndarray, iou_thr: float) -> np.ndarray:
+    """Which fused boxes survive NMS at ``iou_thr`` among ALL boxes of their image, whatever their class.
+
+    ``fuse.across_classes``: WBF fuses each class apart, so one object the detector half-calls two classes
+    (TBX11K: active and obsolete tuberculosis) keeps a box of each; a class-agnostic metric (TBX11K's "CA TB")
+    then counts the weaker one as a false positive. Here the weaker is dropped and the stronger keeps its class.
+    """
+    zeros = np.zeros(len(boxes), dtype=np.int64)
+    return source_nms_keep(boxes, scores, image, zeros, zeros, iou_thr)

@@ -77,6 +77,30 @@ def test_source_nms_keeps_boxes_that_overlap_less_than_the_fusion_iou():
     np.testing.assert_allclose(sorted(out["score"]), [0.3, 0.8])
 
 
+def test_across_classes_keeps_the_stronger_class_of_one_object_and_other_objects():
+    # one object called class 0 (0.8) and class 1 (0.3) at IoU 0.82; a class-1 box elsewhere; image b alike
+    a = det([("a", 0, 0.8, 100, 100, 300, 200), ("a", 1, 0.3, 120, 100, 320, 200), ("a", 1, 0.2, 1500, 500, 1700, 700),
+             ("b", 1, 0.9, 0, 0, 100, 100), ("b", 0, 0.4, 0, 0, 100, 100)])
+    plain = fuse_detections([a], SIZES, iou_thr=0.5)
+    assert len(plain) == 5  # per-class fusion never merges classes
+    out = fuse_detections([a], SIZES, iou_thr=0.5, across_classes=True)
+    got = sorted(map(tuple, out[["image_id", "class_id", "score"]].itertuples(index=False)))
+    assert got == [("a", 0, 0.8), ("a", 1, 0.2), ("b", 1, 0.9)]
+    # at iou_thr 0.9 the 0.82-overlap pair of image a both stay; b's identical boxes still do not
+    low = fuse_detections([a], SIZES, iou_thr=0.9, across_classes=True)
+    assert sorted(low.loc[low["image_id"] == "a", "score"]) == [0.2, 0.3, 0.8]
+    assert low.loc[low["image_id"] == "b", "class_id"].tolist() == [1]
+
+
+def test_fuse_options_read_the_config_section():
+    from pipeline.config import load_config
+    from pipeline.fusion import fuse_options
+
+    cfg = load_config("configs/demo.yaml", ["fuse.across_classes=true", "fuse.iou_thr=0.55"])
+    opts = fuse_options(cfg.fuse)
+    assert opts["across_classes"] is True and opts["iou_thr"] == 0.55 and opts["method"] == cfg.fuse.method
+
+
 @pytest.mark.parametrize("iou_thr", [0.3, 0.5])
 def test_lock_step_source_nms_keeps_what_torchvision_batched_nms_keeps(iou_thr):
     import torch

@@ -24,7 +24,7 @@ import pandas as pd
 
 from pipeline.classes import run_classes
 from pipeline.errors import ConfigError, DataError
-from pipeline.fusion import DET_COLUMNS, check_detections, fuse_detections, tune_filter_thresholds
+from pipeline.fusion import DET_COLUMNS, check_detections, fuse_detections, fuse_options, tune_filter_thresholds
 from pipeline.io import write_csv_atomic, write_json_atomic
 from pipeline.paths import RunPaths
 from pipeline.tables import read_folds, read_table
@@ -153,9 +153,7 @@ def run(cfg, paths: RunPaths) -> dict:
     fused: dict[str, pd.DataFrame] = {}
     for split in PREDICTION_SPLITS:
         frames, weights, names = _sources(files, split, dict(fc.weights or {}), flips)
-        out = fuse_detections(frames, sizes, method=fc.method, iou_thr=fc.iou_thr, skip_box_thr=fc.skip_box_thr,
-                              conf_type=fc.conf_type, weights=weights, workers=cfg.run.workers,
-                              source_nms=bool(fc.source_nms))
+        out = fuse_detections(frames, sizes, weights=weights, workers=cfg.run.workers, **fuse_options(fc))
         write_csv_atomic(out, paths.fused_predictions(split))
         fused[split] = out
         info["sources"][split] = names
