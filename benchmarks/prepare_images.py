@@ -104,8 +104,6 @@ def ours_seconds(files: list[Path], out: Path, options: ConvertOptions, workers:
 
 def step_times(files: list[Path], size: int) -> dict[str, float]:
     """Milliseconds per image of each part of a conversion (CLAHE off), digests uncached."""
-    import hashlib
-
     from pipeline import dicom_header, imaging, intensity
     from pipeline.dicom_decode import decode_frame
     from pipeline.io import write_bytes_atomic
@@ -119,7 +117,7 @@ def step_times(files: list[Path], size: int) -> dict[str, float]:
         return result
 
     for f in files:
-        timed("content digest (sha256)", lambda: hashlib.sha256(f.read_bytes()).hexdigest())
+        timed("content digest (xxh3-128)", lambda: fingerprint._hash_file(f))
         ds, _ = timed("read + parse header", lambda: dicom_header.read_dataset(f))
         header = timed("check header", lambda: dicom_header.check_image_header(ds, f))
         shape = imaging.output_shape(header.rows, header.columns, size)

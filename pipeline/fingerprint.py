@@ -1,12 +1,15 @@
 """Content fingerprints: what a unit of work read, as a short hash that never depends on mtimes or paths.
 
 * :func:`digest` hashes any JSON-able value (config values, id lists, other fingerprints), keys sorted;
-* :func:`file_digest` hashes a file's CONTENT (sha256). Re-reading big inputs (15,000 DICOMs) on every
+* :func:`file_digest` hashes a file's CONTENT (XXH3-128, ``xxhash``: 0.36 ms for a 4 MB DICOM where sha256
+  took 2-4.7 ms, measured 2026-12-02 on the 2-core dev machine: most of a first conversion's overhead beyond
+  the decoder; a content fingerprint needs no cryptographic strength). Re-reading big inputs (15,000 DICOMs) on every
   run would cost a minute, so digests are cached per file under (real path, size, mtime, inode), as
   DVC does: the cache only saves reading, it never decides. A touched or copied file misses the cache,
   is read once more, gives the same digest, and nothing downstream is redone.
 
-The cache is an SQLite file (``hashes.sqlite``) in the folder :func:`set_cache_dir` names (the runner
+The cache is an SQLite file (``hashes.sqlite``, table ``FILE_TABLE``: named after the algorithm, so digests of
+another one are never returned) in the folder :func:`set_cache_dir` names (the runner
 uses ``<run dir>/.cache``; ``CXR_HASH_CACHE`` overrides it); without one, digests are computed every
 time. Concurrent processes share it safely (SQLite locking); if the cache cannot be opened or written
 (read-only disk, a lock held too long) the digest is computed and returned all the same.
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 DIGITS = 16  # hex digits kept: 64 bits, plenty to tell versions of one unit's inputs apart
+FILE_TABLE = "files_xxh3_128"  # before 2026-12-02: "files" (sha256): every content digest changed once then
 
 _lock = threading.Lock()
 _cache_dir: Path | None = None
@@ -81,8 +85,8 @@ def _db() -> sqlite3.Connection | None:
         conn = sqlite3.connect(str(_cache_dir / "hashes.sqlite"), timeout=30, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # a lost entry after a power cut only costs a re-read
-        conn.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
-                     " inode INTEGER, digest TEXT)")
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {FILE_TABLE} (path TEXT PRIMARY KEY, size INTEGER,"
+                     " mtime_ns INTEGER, inode INTEGER, digest TEXT)")
     except (OSError, sqlite3.Error):
         return None
     _conn, _conn_pid = conn, os.getpid()
@@ -90,12 +94,14 @@ def _db() -> sqlite3.Connection | None:
 
 
 def _hash_file(path: Path) -> str:
+    import xxhash
+
     with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()[:DIGITS]
+        return hashlib.file_digest(fh, xxhash.xxh3_128).hexdigest()[:DIGITS]
 
 
 def file_digest(path: str | Path) -> str | None:
-    """sha256 of the file's bytes (16 hex digits), or None when it cannot be read."""
+    """XXH3-128 of the file's bytes (16 hex digits), or None when it cannot be read."""
     path = Path(path)
     try:
         real = os.path.realpath(path)
@@ -107,7 +113,7 @@ def file_digest(path: str | Path) -> str | None:
         conn = _db()
         if conn is not None:
             try:
-                row = conn.execute("SELECT size, mtime_ns, inode, digest FROM files WHERE path = ?", (real,)).fetchone()
+                row = conn.execute(f"SELECT size, mtime_ns, inode, digest FROM {FILE_TABLE} WHERE path = ?", (real,)).fetchone()
             except sqlite3.Error:
                 row = None
             if row is not None and tuple(row[:3]) == key:
@@ -120,7 +126,7 @@ def file_digest(path: str | Path) -> str | None:
         conn = _db()
         if conn is not None:
             try:
-                conn.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)", (real, *key, value))
+                conn.execute(f"INSERT OR REPLACE INTO {FILE_TABLE} VALUES (?, ?, ?, ?, ?)", (real, *key, value))
             except sqlite3.Error:
                 pass  # a busy or read-only cache only costs a re-read next time
     return value

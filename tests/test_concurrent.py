@@ -21,7 +21,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import xxhash
 import yaml
+
+from pipeline.fingerprint import FILE_TABLE
 
 from tests.pipeline_procs import (assert_no_false_done, command, make_demo_data, overrides,
                                   parse_every_table, read_sorted, run, start, status)
@@ -87,14 +90,14 @@ print(json.dumps({f.name: file_digest(f) for f in files}))
 
 def test_jobs_hashing_at_once_share_the_digest_cache(tmp_path):
     """Four processes open a new cache at once and fill it with the same 40 files: every digest is the
-    file's sha256, and the cache is a sound SQLite database holding each file once."""
+    file's XXH3-128, and the cache is a sound SQLite database holding each file once."""
     data, cache = tmp_path / "data", tmp_path / "run" / ".cache"
     data.mkdir()
     truth = {}
     for i in range(40):
         blob = hashlib.sha256(str(i).encode()).digest() * (1000 + i)
         (data / f"f{i:02d}.bin").write_bytes(blob)
-        truth[f"f{i:02d}.bin"] = hashlib.sha256(blob).hexdigest()[:16]
+        truth[f"f{i:02d}.bin"] = xxhash.xxh3_128(blob).hexdigest()[:16]
     env = {"CXR_HASH_CACHE": ""}  # the folder given to set_cache_dir, not a user's override
     procs = _start_together([[sys.executable, "-c", _DIGESTS, str(cache), str(data)] for _ in range(4)],
                             tmp_path, tmp_path / "go", **env)
@@ -103,8 +106,8 @@ def test_jobs_hashing_at_once_share_the_digest_cache(tmp_path):
         assert json.loads((tmp_path / f"proc{i}.log").read_text().strip().splitlines()[-1]) == truth
     con = sqlite3.connect(cache / "hashes.sqlite")
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert con.execute("SELECT COUNT(*), COUNT(DISTINCT path) FROM files").fetchone() == (40, 40)
-    assert {Path(p).name: d for p, d in con.execute("SELECT path, digest FROM files")} == truth
+    assert con.execute(f"SELECT COUNT(*), COUNT(DISTINCT path) FROM {FILE_TABLE}").fetchone() == (40, 40)
+    assert {Path(p).name: d for p, d in con.execute(f"SELECT path, digest FROM {FILE_TABLE}")} == truth
 
 
 # --- slow: fold jobs of one run ---------------------------------------------------------------------
