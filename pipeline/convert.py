@@ -15,7 +15,8 @@
   describe.
 - A bad file becomes one row of ``failures`` (image_id, split, source, reason: one line naming the
   element or problem, no traceback); every other file still converts.
-- ``workers > 1`` runs a spawn-safe process pool (chunked ``imap_unordered``), with a tqdm bar.
+- ``workers > 1``: this process and ``workers - 1`` spawned helpers convert side by side
+  (:func:`pipeline.work_pool.run_shared`: nobody waits for the helpers to start), with a tqdm bar.
 
 Content digests are cached in the folder given to :func:`pipeline.fingerprint.set_cache_dir` (the
 runner: ``<run dir>/.cache``; dicom2png: ``<out>/.cache``); worker processes use the same folder.
@@ -28,7 +29,6 @@ From Python::
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping
@@ -40,6 +40,7 @@ from pipeline.config import resolve_workers
 from pipeline.convert_records import (FAILURE_COLUMNS, META_COLUMNS, Journal, meta_types, previous_rows,
                                       read_meta, remove_stale_temporaries)
 from pipeline.errors import ConfigError, DataError
+from pipeline.work_pool import run_shared
 
 # Bumped whenever the conversion maths changes, so PNGs made by older code are not kept as current.
 PIXEL_METHOD = 2
@@ -229,6 +230,15 @@ def _init_worker(cache_dir: Path | None) -> None:
     fingerprint.set_cache_dir(cache_dir)  # a spawned process starts without the parent's setting
 
 
+def _one_cv2_thread():
+    """OpenCV on one thread in this process while helper processes share the cores; returns the undo."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    return lambda: cv2.setNumThreads(before)
+
+
 def _digest_cache_dir() -> Path | None:
     """The digest cache folder this process uses, handed to spawned workers."""
     from pipeline import fingerprint
@@ -283,12 +293,13 @@ def convert_images(
             for i, job in todo:
                 _collect(i, *_work((job, options)), rows, failures, bar, record)
         else:
-            ctx = mp.get_context("spawn")  # safe with threads (OpenCV, torch) in the parent
-            chunk = max(1, min(8, len(todo) // (workers * 4)))
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(_digest_cache_dir(),)) as pool:
-                args = [((i, job), options) for i, job in todo]
-                for i, (status, row) in pool.imap_unordered(_indexed_work, args, chunksize=chunk):
-                    _collect(i, status, row, rows, failures, bar, record)
+            # this process converts too while workers - 1 spawned helpers start (pipeline.work_pool)
+            def collect(result):
+                i, (status, row) = result
+                _collect(i, status, row, rows, failures, bar, record)
+
+            run_shared([((i, job), options) for i, job in todo], _indexed_work, collect, workers,
+                       initializer=_init_worker, initargs=(_digest_cache_dir(),), local_setup=_one_cv2_thread)
     finally:
         if bar is not None:
             bar.close()
