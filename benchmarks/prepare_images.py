@@ -118,11 +118,11 @@ def step_times(files: list[Path], size: int) -> dict[str, float]:
 
     for f in files:
         timed("content digest (xxh3-128)", lambda: fingerprint._hash_file(f))
-        ds, _ = timed("read + parse header", lambda: dicom_header.read_dataset(f))
+        ds, _ = timed("read + parse header", lambda: dicom_header.read_dataset(f, defer_pixels=True))
         header = timed("check header", lambda: dicom_header.check_image_header(ds, f))
         shape = imaging.output_shape(header.rows, header.columns, size)
-        frame = timed("decode (pillow reduced)", lambda: decode_frame(ds, f, header, target_shape=shape,
-                                                                     fast_decode=True, slack=0.1))
+        frame = timed("frame read + decode (pillow reduced)",
+                      lambda: decode_frame(ds, f, header, target_shape=shape, fast_decode=True, slack=0.1))
         unit, _ = timed("percentiles + mapping", lambda: intensity.map_to_unit(frame.values, ds, invert=True))
         pixels = timed("resize + quantise", lambda: imaging.quantise(imaging.resize(unit, shape), 8))
         png = timed("PNG encode", lambda: imaging.encode_png(pixels, 1))

@@ -323,6 +323,21 @@ def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
         yield items[i:i + size]
 
 
+def predict_imgsz(det_cfg) -> int:
+    """Inference image size: ``det.predict_imgsz`` when set, else the training size ``det.imgsz``."""
+    value = det_cfg.get("predict_imgsz", None)
+    if value in (None, ""):
+        return int(det_cfg.imgsz)
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        size = 0
+    if size < 32 or size % 32:
+        raise ConfigError(f"det.predict_imgsz={value!r}: expected a whole number of pixels, a multiple of 32 "
+                          f"(e.g. 320), or null to predict at det.imgsz ({det_cfg.imgsz}).")
+    return size
+
+
 def predict_images(model, items: Sequence[tuple[str, Path, float, float]], *, imgsz: int, conf: float, iou: float,
                    max_det: int, batch: int, device: Any, tta_flip: bool, desc: str = "predict",
                    ) -> tuple[pd.DataFrame, list[dict]]:

@@ -95,7 +95,8 @@ def _read_dicom(path: Path, head: bytes, *, voi_lut: str, percentiles, target_sh
     if multiframe not in MULTIFRAME_MODES:
         raise DataError(f"multiframe must be one of {MULTIFRAME_MODES}, got {multiframe!r}")
     lo_pct, hi_pct = check_percentiles(percentiles)
-    ds, notes = read_dataset(path, head)
+    # the reduced JPEG 2000 decode reads its frame from the file itself (pipeline.dicom_fragments)
+    ds, notes = read_dataset(path, head, defer_pixels=fast_decode and target_shape is not None)
     with warnings.catch_warnings():
         # pydicom warns about invalid values (reported in words when one is needed) and excess padding
         warnings.simplefilter("ignore", UserWarning)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.dicom_fragments import deferred_pixel_offset, read_single_frame
 from pipeline.dicom_header import ImageHeader, detail, uid_name
 from pipeline.errors import DataError
 
@@ -55,7 +56,7 @@ def decode_frame(ds, path: Path, header: ImageHeader, *, target_shape, fast_deco
     notes = [f"frame 1 of {header.frames}"] if header.frames > 1 else []
     if (fast_decode and target_shape is not None and header.transfer_syntax in J2K_SYNTAXES
             and header.samples == 1):
-        reduced = _try_reduced(ds, header, target_shape, slack)
+        reduced = _try_reduced(ds, path, header, target_shape, slack)
         if reduced is not None:
             return Decoded(reduced[0], reduced[1], "pillow-reduced", notes)
     arr, decoder = _decode_full(ds, path, header)
@@ -65,13 +66,18 @@ def decode_frame(ds, path: Path, header: ImageHeader, *, target_shape, fast_deco
     return Decoded(values, 1, decoder, notes)
 
 
-def _try_reduced(ds, header: ImageHeader, target_shape, slack: float):
+def _try_reduced(ds, path: Path, header: ImageHeader, target_shape, slack: float):
     from pydicom.encaps import get_frame
 
     from pipeline.j2k import decode_reduced
 
     try:
-        codestream = get_frame(ds.PixelData, 0, number_of_frames=header.frames)
+        codestream = None
+        offset = deferred_pixel_offset(ds) if header.frames == 1 else None
+        if offset is not None:
+            codestream = read_single_frame(path, offset)
+        if codestream is None:
+            codestream = get_frame(ds.PixelData, 0, number_of_frames=header.frames)
         return decode_reduced(codestream, rows=header.rows, columns=header.columns, signed=header.signed,
                               bits_stored=header.bits_stored, target_shape=target_shape, slack=slack)
     except Exception:  # noqa: BLE001  any Pillow/openjpeg trouble: the full decode decides

@@ -22,6 +22,7 @@ MULTIFRAME_MODES = ("refuse", "first")
 GREY = ("MONOCHROME1", "MONOCHROME2")
 # Colour interpretations whose pixels are converted to RGB and accepted when the channels agree.
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420", "PALETTE COLOR")
+DEFER_BYTES = 256 * 1024  # read_dataset(defer_pixels=True): values larger than this stay in the file until used
 NO_PREAMBLE = "no preamble (read without the 128-byte preamble and DICM marker)"
 
 
@@ -74,8 +75,34 @@ def looks_like_dicom(head: bytes) -> bool:
     return False
 
 
-def read_dataset(path: Path, head: bytes | None = None):
-    """pydicom Dataset of the file (pixel data included), and the notes on what was tolerated."""
+def read_dataset(path: Path, head: bytes | None = None, *, defer_pixels: bool = False):
+    """pydicom Dataset of the file, and the notes on what was tolerated.
+
+    ``defer_pixels``: values over :data:`DEFER_BYTES` (the pixel data) stay in the file until first used
+    (pydicom reads them then), so a JPEG 2000 frame can be read once, straight to the decoder
+    (:mod:`pipeline.dicom_fragments`). A file whose deferred values would end past its end is read whole
+    instead, so a truncated file is judged exactly as without deferring.
+    """
+    ds, notes = _read_dataset(path, head, DEFER_BYTES if defer_pixels else None)
+    if defer_pixels and not _deferred_values_fit(ds, path):
+        ds, notes = _read_dataset(path, head, None)
+    return ds, notes
+
+
+def _deferred_values_fit(ds, path: Path) -> bool:
+    try:
+        size = Path(path).stat().st_size
+        for tag in list(ds.keys()):
+            elem = ds.get_item(tag, keep_deferred=True)
+            if getattr(elem, "is_raw", False) and elem.value is None and elem.length != 0xFFFFFFFF:
+                if elem.value_tell + elem.length > size:
+                    return False
+    except Exception:  # noqa: BLE001  anything odd: read the file whole, as without deferring
+        return False
+    return True
+
+
+def _read_dataset(path: Path, head: bytes | None, defer_size: int | None):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -87,12 +114,12 @@ def read_dataset(path: Path, head: bytes | None = None):
         warnings.simplefilter("ignore", UserWarning)
         try:
             try:
-                ds = pydicom.dcmread(path)
+                ds = pydicom.dcmread(path, defer_size=defer_size)
             except InvalidDicomError:
                 if not looks_like_dicom(head):
                     raise DataError(f"{path}: not a DICOM file (no 'DICM' marker at byte 128, and the first bytes "
                                     f"are no DICOM data element); check that this is the file you meant") from None
-                ds = pydicom.dcmread(path, force=True)
+                ds = pydicom.dcmread(path, force=True, defer_size=defer_size)
                 notes.append(NO_PREAMBLE)
         except DataError:
             raise

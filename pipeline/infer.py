@@ -83,7 +83,7 @@ def _classifier_weights(cfg, paths) -> dict[int, Path]:
 
 def detect(cfg, det_weights: dict, items: list[tuple], conf: float, tta: bool, sizes: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Fused detections (original pixels) of every model x fold x flip on ``items`` (id, png, w, h)."""
-    from pipeline.detector import import_ultralytics, predict_images, resolve_detector_device
+    from pipeline.detector import import_ultralytics, predict_images, predict_imgsz, resolve_detector_device
     from pipeline.fusion import DET_COLUMNS, fuse_detections, fuse_options
 
     YOLO = import_ultralytics(cfg.run.threads)
@@ -91,7 +91,7 @@ def detect(cfg, det_weights: dict, items: list[tuple], conf: float, tta: bool, s
     frames, weights, names = [], [], []
     for m, folds in det_weights.items():
         for k, w in sorted(folds.items()):
-            dets, _ = predict_images(YOLO(str(w)), items, imgsz=int(cfg.det.imgsz), conf=conf, iou=float(cfg.det.iou),
+            dets, _ = predict_images(YOLO(str(w)), items, imgsz=predict_imgsz(cfg.det), conf=conf, iou=float(cfg.det.iou),
                                      max_det=int(cfg.det.max_det), batch=int(cfg.det.predict_batch), device=device,
                                      tta_flip=tta, desc=f"{m} fold {k}")
             for flip in (["orig", "hflip"] if tta else ["orig"]):

@@ -388,6 +388,36 @@ def test_predict_rerun_follows_options_and_weights_content(trained, tmp_path):
     assert oof_path.is_file()
 
 
+def test_predict_imgsz_predicts_at_its_own_size_without_retraining(trained, tmp_path, monkeypatch):
+    """det.predict_imgsz: the predict record says that size, the model is asked for it, training is untouched."""
+    import shutil
+
+    from pipeline import detector
+    from pipeline.stages import predict
+
+    _, paths0, _, _ = trained
+    shutil.copytree(paths0.run_dir, tmp_path / "tiny")
+    sizes = []
+    real = detector.predict_images
+
+    def spy(model, items, **kw):
+        sizes.append(kw["imgsz"])
+        return real(model, items, **kw)
+
+    monkeypatch.setattr(detector, "predict_images", spy)
+    cfg = tiny_cfg(tmp_path, **{"det.predict_imgsz": 96})
+    paths = RunPaths.from_config(cfg)
+    train_record = paths.det_train_record("yolov8n", 0).read_bytes()
+    assert not predict.run(cfg, paths)["skipped"] and set(sizes) == {96}
+    record = json.loads(paths.det_predict_record("yolov8n", 0).read_text())
+    assert record["inputs"]["options"]["imgsz"] == 96
+    assert paths.det_train_record("yolov8n", 0).read_bytes() == train_record
+    assert detector.predict_imgsz(tiny_cfg(tmp_path).det) == 64  # null: the training size
+    for bad in (100, "big", 0):
+        with pytest.raises(ConfigError, match="det.predict_imgsz"):
+            detector.predict_imgsz(tiny_cfg(tmp_path, **{"det.predict_imgsz": bad}).det)
+
+
 class FakeYOLO:
     """Stands in for ultralytics.YOLO in the bookkeeping tests: records calls, writes weights/last.pt."""
     calls: list = []

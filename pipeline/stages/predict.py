@@ -67,7 +67,7 @@ def oof_map(paths, val_ids: list[str], oof: pd.DataFrame, iou_thr: float) -> flo
 
 
 def run(cfg, paths) -> dict:
-    from pipeline.detector import import_ultralytics, predict_images, resolve_detector_device
+    from pipeline.detector import import_ultralytics, predict_images, predict_imgsz, resolve_detector_device
     from pipeline.fingerprint import file_digest
     from pipeline.stages.train_det import check_select, fold_split
     from pipeline.tables import image_fingerprints, read_images, read_meta
@@ -82,7 +82,7 @@ def run(cfg, paths) -> dict:
     folds = [int(k) for k in cfg.det.folds]
     if not folds:
         raise ConfigError("det.folds is empty; list the folds to predict, e.g. det.folds=[0,1,2,3,4].")
-    opts = dict(imgsz=int(cfg.det.imgsz), conf=float(cfg.det.conf), iou=float(cfg.det.iou),
+    opts = dict(imgsz=predict_imgsz(cfg.det), conf=float(cfg.det.conf), iou=float(cfg.det.iou),
                 max_det=int(cfg.det.max_det), batch=int(cfg.det.predict_batch), device=device,
                 tta_flip=bool(cfg.det.tta_flip))
     name = cfg.det.name
