@@ -287,17 +287,18 @@ def convert_images(
     failures: list[dict] = []
     workers = max(1, min(resolve_workers(workers, "workers"), len(todo)))
     bar = _progress(len(todo), progress)
+
+    def collect(result):
+        i, (status, row) = result
+        _collect(i, status, row, rows, failures, bar, record)
+
     try:
         if workers == 1:
             # single process: keep OpenCV's threads (nothing else in this process to oversubscribe)
             for i, job in todo:
-                _collect(i, *_work((job, options)), rows, failures, bar, record)
+                collect((i, _work((job, options))))
         else:
             # this process converts too while workers - 1 spawned helpers start (pipeline.work_pool)
-            def collect(result):
-                i, (status, row) = result
-                _collect(i, status, row, rows, failures, bar, record)
-
             run_shared([((i, job), options) for i, job in todo], _indexed_work, collect, workers,
                        initializer=_init_worker, initargs=(_digest_cache_dir(),), local_setup=_one_cv2_thread)
     finally:

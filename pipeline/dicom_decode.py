@@ -16,13 +16,14 @@ says so. Any other colour image is refused with the size of the channel differen
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.dicom_fragments import deferred_pixel_offset, read_single_frame
+from pipeline.dicom_fragments import deferred_pixel_offset, open_single_frame
 from pipeline.dicom_header import ImageHeader, detail, uid_name
 from pipeline.errors import DataError
 
@@ -72,14 +73,13 @@ def _try_reduced(ds, path: Path, header: ImageHeader, target_shape, slack: float
     from pipeline.j2k import decode_reduced
 
     try:
-        codestream = None
         offset = deferred_pixel_offset(ds) if header.frames == 1 else None
-        if offset is not None:
-            codestream = read_single_frame(path, offset)
-        if codestream is None:
-            codestream = get_frame(ds.PixelData, 0, number_of_frames=header.frames)
-        return decode_reduced(codestream, rows=header.rows, columns=header.columns, signed=header.signed,
-                              bits_stored=header.bits_stored, target_shape=target_shape, slack=slack)
+        source = open_single_frame(path, offset) if offset is not None else None
+        if source is None:
+            source = io.BytesIO(get_frame(ds.PixelData, 0, number_of_frames=header.frames))
+        with source:
+            return decode_reduced(source, rows=header.rows, columns=header.columns, signed=header.signed,
+                                  bits_stored=header.bits_stored, target_shape=target_shape, slack=slack)
     except Exception:  # noqa: BLE001  any Pillow/openjpeg trouble: the full decode decides
         return None
 

@@ -158,7 +158,8 @@ def _percentiles_of_integers(sample: np.ndarray, percentiles: tuple[float, float
     flat = sample.ravel()
     lo = int(flat.min()) if vmin is None else int(vmin)
     lo = min(lo, 0) if flat.dtype.kind == "u" else lo  # unsigned: count from 0, no shifted copy
-    counts = np.bincount((flat.astype(np.int32) - lo) if lo else flat)
+    counts = _unsigned_histogram(sample) if (lo == 0 and flat.dtype in (np.uint8, np.uint16)) else \
+        np.bincount((flat.astype(np.int32) - lo) if lo else flat)
     cum = np.cumsum(counts)
     n = int(cum[-1])
     q = np.true_divide(np.asarray(percentiles, dtype=np.float64), 100)
@@ -178,6 +179,19 @@ def _percentiles_of_integers(sample: np.ndarray, percentiles: tuple[float, float
     out = np.add(a, diff * gamma)
     np.subtract(b, diff * (1 - gamma), out=out, where=gamma >= 0.5)
     return out
+
+
+def _unsigned_histogram(sample: np.ndarray) -> np.ndarray:
+    """np.bincount(sample.ravel()) of a uint8 / uint16 array by OpenCV's histogram, one bin per level:
+    the same counts (float32 holds them exactly below 2**24 pixels) in a quarter of the time, since
+    np.bincount first copies the samples to 64-bit integers."""
+    import cv2
+
+    if sample.size >= 1 << 24:
+        return np.bincount(sample.ravel())
+    levels = int(sample.max()) + 1
+    hist = cv2.calcHist([np.ascontiguousarray(sample)], [0], None, [levels], [0, levels])
+    return hist.ravel().astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------

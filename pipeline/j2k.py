@@ -11,8 +11,11 @@ import io
 import math
 import struct
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
+
+HEADER_BYTES = 16384  # decode_reduced from a file: bytes read to parse the main header (SIZ, COD)
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ def choose_reduce(height: int, width: int, target_shape: tuple[int, int], levels
     return best
 
 
-def decode_reduced(codestream: bytes, *, rows: int, columns: int, signed: bool, bits_stored: int,
+def decode_reduced(codestream: bytes | BinaryIO, *, rows: int, columns: int, signed: bool, bits_stored: int,
                    target_shape: tuple[int, int], slack: float) -> tuple[np.ndarray, int] | None:
     """Stored values of a greyscale codestream decoded by Pillow at the smallest useful size, and the
     factor (2, 4, ...); None when a reduced decode does not apply (colour, origin offset, a header
@@ -81,14 +84,24 @@ def decode_reduced(codestream: bytes, *, rows: int, columns: int, signed: bool, 
     """
     from PIL import Image
 
-    j2k = j2k_codestream_info(codestream)
+    if isinstance(codestream, (bytes, bytearray)):
+        source, head = io.BytesIO(codestream), codestream
+    else:  # a file positioned anywhere: its main header, then Pillow reads the rest itself
+        source = codestream
+        source.seek(0)
+        head = source.read(HEADER_BYTES)
+        if head[:4] == b"\xff\x4f\xff\x51" and b"\xff\x52" not in head:
+            source.seek(0)
+            head = source.read()  # a main header longer than HEADER_BYTES (rare): all of it
+    j2k = j2k_codestream_info(head)
     if (j2k.components != 1 or j2k.offset or j2k.precision > 16 or j2k.signed != signed
             or (j2k.height, j2k.width) != (rows, columns)):
         return None  # pydicom knows how to reconcile such mismatches; let it
     level = choose_reduce(rows, columns, target_shape, j2k.levels, slack)
     if level == 0:
         return None
-    im = Image.open(io.BytesIO(codestream))
+    source.seek(0)
+    im = Image.open(source)
     im.reduce = level  # the JPEG 2000 plugin's attribute: read only the lower resolution levels
     im.load()
     raw = np.asarray(im)

@@ -18,9 +18,10 @@ def _arrays():
     yield rng.integers(0, 256, (64, 48)).astype(np.uint8)
     yield rng.integers(-1024, 3000, (400, 400)).astype(np.int16)                 # CT-like, negative values
     yield np.full((50, 50), 7, np.uint16) + (np.arange(2500).reshape(50, 50) % 3 == 0)  # two levels
+    yield rng.integers(0, 1024, (1100, 1000)).astype(np.uint16)                  # a strided subsample (every 2nd)
 
 
-@pytest.mark.parametrize("k", range(5))
+@pytest.mark.parametrize("k", range(6))
 def test_histogram_percentiles_equal_numpy(k):
     values = list(_arrays())[k]
     step = max(1, int(np.sqrt(values.size / 250_000)))
