@@ -63,15 +63,6 @@ def open_single_frame(path: Path, offset: int) -> BinaryIO | None:
         return None
 
 
-def read_single_frame(path: Path, offset: int) -> bytes | None:
-    """The frame's codestream as bytes (see :func:`open_single_frame`), or None."""
-    source = open_single_frame(path, offset)
-    if source is None:
-        return None
-    with source:
-        return source.read()
-
-
 class FragmentWindow(io.RawIOBase):
     """Bytes ``start .. start + length`` of an open file, as a file of their own (read, seek, tell)."""
 

@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.dicom_fragments import UNDEFINED_LENGTH
 from pipeline.errors import DataError
 
 MULTIFRAME_MODES = ("refuse", "first")
@@ -94,7 +95,7 @@ def _deferred_values_fit(ds, path: Path) -> bool:
         size = Path(path).stat().st_size
         for tag in list(ds.keys()):
             elem = ds.get_item(tag, keep_deferred=True)
-            if getattr(elem, "is_raw", False) and elem.value is None and elem.length != 0xFFFFFFFF:
+            if getattr(elem, "is_raw", False) and elem.value is None and elem.length != UNDEFINED_LENGTH:
                 if elem.value_tell + elem.length > size:
                     return False
     except Exception:  # noqa: BLE001  anything odd: read the file whole, as without deferring

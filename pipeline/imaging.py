@@ -104,13 +104,13 @@ def encode_png(img: np.ndarray, compression: int = 1) -> bytes:
     leaves LZ77 little to find. 0: stored, no compression (2.3x larger files); 2..9: that zlib level
     with adaptive filters (slowest, smallest).
     """
-    import cv2
-
     level = int(compression)
     if level == 1 and img.ndim == 2 and img.dtype in (np.uint8, np.uint16):
         from pipeline.png_write import encode_grey_png
 
         return encode_grey_png(img)  # the same settings, zlib-ng's faster Huffman coder
+    import cv2
+
     if level == 1:
         params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
                   cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]

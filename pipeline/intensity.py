@@ -158,7 +158,7 @@ def _percentiles_of_integers(sample: np.ndarray, percentiles: tuple[float, float
     flat = sample.ravel()
     lo = int(flat.min()) if vmin is None else int(vmin)
     lo = min(lo, 0) if flat.dtype.kind == "u" else lo  # unsigned: count from 0, no shifted copy
-    counts = _unsigned_histogram(sample) if (lo == 0 and flat.dtype in (np.uint8, np.uint16)) else \
+    counts = _unsigned_histogram(sample) if flat.dtype in (np.uint8, np.uint16) else \
         np.bincount((flat.astype(np.int32) - lo) if lo else flat)
     cum = np.cumsum(counts)
     n = int(cum[-1])

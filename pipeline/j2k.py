@@ -90,10 +90,14 @@ def decode_reduced(codestream: bytes | BinaryIO, *, rows: int, columns: int, sig
         source = codestream
         source.seek(0)
         head = source.read(HEADER_BYTES)
-        if head[:4] == b"\xff\x4f\xff\x51" and b"\xff\x52" not in head:
+    try:
+        j2k = j2k_codestream_info(head)
+    except ValueError:
+        if source is codestream and len(head) == HEADER_BYTES:  # a main header longer than that (rare)
             source.seek(0)
-            head = source.read()  # a main header longer than HEADER_BYTES (rare): all of it
-    j2k = j2k_codestream_info(head)
+            j2k = j2k_codestream_info(source.read())
+        else:
+            raise
     if (j2k.components != 1 or j2k.offset or j2k.precision > 16 or j2k.signed != signed
             or (j2k.height, j2k.width) != (rows, columns)):
         return None  # pydicom knows how to reconcile such mismatches; let it

@@ -9,11 +9,19 @@ from pydicom.encaps import encapsulate, get_frame
 from pydicom.uid import JPEG2000Lossless
 
 from pipeline import dicom, dicom_decode
-from pipeline.dicom_fragments import deferred_pixel_offset, read_single_frame
+from pipeline.dicom_fragments import deferred_pixel_offset, open_single_frame
 from pipeline.dicom_header import read_dataset
 from pipeline.errors import DataError
 
 SIIM = "dicom/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+
+
+def read_single_frame(path, offset):
+    source = open_single_frame(path, offset)
+    if source is None:
+        return None
+    with source:
+        return source.read()
 
 
 def _frame_by_pydicom(path):
@@ -89,3 +97,22 @@ def test_truncated_file_judged_as_without_deferring(kind, j2k_fragments, real_di
             dicom.read_dicom(cut, target_shape=(256, 256), fast_decode=fast)
         errors.append(str(info.value))
     assert errors[0] == errors[1] and "truncated" in errors[0] and str(cut) in errors[0]
+
+
+def test_main_header_longer_than_the_first_read(j2k_fragments):
+    """A 20 KB comment between SIZ and COD: decode_reduced from a file reads the whole main header."""
+    import io
+    import struct
+
+    from pipeline import j2k
+
+    _, frame = j2k_fragments
+    siz_end = 4 + struct.unpack_from(">H", frame, 4)[0]
+    comment = b"\xff\x64" + struct.pack(">H", 20_002) + b"\x00\x01" + b"x" * 19_998
+    long_header = frame[:siz_end] + comment + frame[siz_end:]
+    assert len(comment) > j2k.HEADER_BYTES
+    args = dict(rows=1024, columns=1024, signed=False, bits_stored=8, target_shape=(256, 256), slack=0.1)
+    ref = j2k.decode_reduced(frame, **args)
+    got = j2k.decode_reduced(io.BytesIO(long_header), **args)
+    assert ref is not None and got[1] == ref[1] == 4
+    np.testing.assert_array_equal(got[0], ref[0])

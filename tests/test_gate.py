@@ -271,7 +271,12 @@ def test_gate_recipe_config_resolves(real_dir):
     from pipeline.config import load_config
     from pipeline.gate.dataset import class_folders
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "gate.yaml")
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "gate.yaml"
+    cfg = load_config(recipe)
+    # the recipe names ../shared/real; read the same folders where the real data lies (CXR_REAL_DATA)
+    moved = {label: [str(f).replace("../shared/real", str(real_dir), 1) for f in folders]
+             for label, folders in dict(cfg.screen.folders).items()}
+    cfg = load_config(recipe, {"screen.folders": moved})
     assert cfg.run.stages == ["screen"]
     folders = class_folders(cfg.screen)
     assert {label for label, _, _ in folders} == set(CLASSES)
