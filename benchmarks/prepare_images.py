@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     p.add_argument("--copies", type=int, default=16, help="copies of each DICOM (4 real files x 16 = 64 images)")
     p.add_argument("--cli-copies", type=int, default=100, help="copies of each DICOM for the whole-process runs")
-    p.add_argument("--cli-sizes", type=int, nargs="*", default=[512], help="sizes of the whole-process runs")
+    p.add_argument("--cli-sizes", type=int, nargs="*", default=[512, 1024], help="sizes of the whole-process runs")
     p.add_argument("--worker-repeat", type=int, default=4, help="each file this often in the workers test")
     p.add_argument("--no-reference", action="store_true", help="skip the notebook-reference comparison")
     args = p.parse_args(argv)
@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     no_clahe = {"clahe": False}
     ours_seconds(files[:4], tmp / "warm", ConvertOptions(size=512, **no_clahe))  # imports, decoders
 
+    limit_ms: dict[int, float] = {}
     for size in args.sizes:
         opts = ConvertOptions(size=size, **no_clahe)
         lim, first, cached = [], [], []
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             lim.append(len(files) / limit_seconds(streams, size))
             first.append(len(files) / ours_seconds(files, tmp / f"o{size}", opts, fresh_cache=True))
             cached.append(len(files) / ours_seconds(files, tmp / f"o{size}", opts, fresh_cache=False))
+        limit_ms[size] = 1000 / statistics.median(lim)
         share_first = [f / li for f, li in zip(first, lim)]
         share_cached = [c / li for c, li in zip(cached, lim)]
         print(f"{size} px: limit (Pillow reduced decode alone) {spread(lim)} img/s = "
@@ -227,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
                             str(tmp / f"cli_{size}_{workers}"), "--no-clahe", "--workers", str(workers),
                             "--size", str(size), "--quiet"], cwd=ROOT, check=True, capture_output=True)
             dt = time.perf_counter() - t0
-            print(f"  {size} px, {workers} worker(s): {dt:.2f} s = {dt / len(cli_files) * 1000:.1f} ms/img")
+            per_img = dt / len(cli_files) * 1000
+            share = (f"; share of the in-process limit above ({limit_ms[size]:.1f} ms/img), start-up included: "
+                     f"{limit_ms[size] / per_img:.2f}") if workers == 1 and size in limit_ms else ""
+            print(f"  {size} px, {workers} worker(s): {dt:.2f} s = {per_img:.1f} ms/img{share}")
 
     print("\nfast path against our full decode, and against the notebook reference (the 4 originals):")
     for size in args.sizes:

@@ -43,7 +43,8 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.work_pool import run_shared
 
 # Bumped whenever the conversion maths changes, so PNGs made by older code are not kept as current.
-PIXEL_METHOD = 2
+# 3: a 16-bit picture file is scaled by the bits its samples use (pipeline.intensity.picture_bits).
+PIXEL_METHOD = 3
 
 
 @dataclass

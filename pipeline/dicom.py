@@ -28,7 +28,7 @@ from pipeline.dicom_decode import J2K_SYNTAXES, decode_frame
 from pipeline.dicom_header import MULTIFRAME_MODES, check_image_header, read_dataset, read_head
 from pipeline.errors import DataError
 from pipeline.intensity import (DEFAULT_PERCENTILES, VOI_MODES, apply_modality, check_percentiles, map_to_unit,
-                                robust_range, scale_to_unit, window_to_unit)
+                                picture_bits, robust_range, scale_to_unit, window_to_unit)
 from pipeline.j2k import J2KInfo, choose_reduce, j2k_codestream_info
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -122,7 +122,8 @@ def read_png(path: str | Path) -> DecodedImage:
     Shenzhen), as a :class:`DecodedImage`.
 
     These are already display images, so values map linearly: v / (2^bits - 1) (``mapping`` "png" or
-    "jpeg", ...). A picture stored as RGB(A) whose colour channels are equal is taken as grey (``mapping``
+    "jpeg", ...), bits being what the samples use (:func:`pipeline.intensity.picture_bits`: a 16-bit file
+    holding 12-bit data is divided by 4095, ``mapping`` "png (12 of 16 bits used)"). A picture stored as RGB(A) whose colour channels are equal is taken as grey (``mapping``
     "... (grey from rgb)"); for lossy JPEG "equal" allows the small differences its colour compression
     leaves (at most 8 grey levels, 1 on average); a truly coloured one is an error.
     """
@@ -145,12 +146,12 @@ def read_png(path: str | Path) -> DecodedImage:
                             f"must be greyscale: convert it to grey first")
         img = np.ascontiguousarray(img[..., :3].mean(axis=2).round().astype(img.dtype) if lossy else img[..., 0])
         mapping = f"{kind} (grey from rgb)"
-    if img.dtype == np.uint8:
-        bits, top = 8, 255.0
-    elif img.dtype == np.uint16:
-        bits, top = 16, 65535.0
-    else:
+    if img.dtype not in (np.uint8, np.uint16):
         raise DataError(f"{path}: unsupported PNG sample type {img.dtype}; expected 8 or 16 bits")
+    bits = picture_bits(img)  # a 16-bit file's samples may use 12 of its bits: scaled by what they use
+    top = float((1 << bits) - 1)
+    if img.dtype == np.uint16 and bits < 16:
+        mapping = f"{mapping} ({bits} of 16 bits used)"
     if int(img.min()) == int(img.max()):
         raise DataError(f"{path}: constant image (every pixel is {int(img.min())}): nothing to convert")
     return DecodedImage(

@@ -24,7 +24,6 @@ import pandas as pd
 
 from pipeline.errors import DataError, PipelineError
 
-IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".dic", ""}
 DETECTION_OUT = ["image_id", "class_id", "class_name", "score", "x_min", "y_min", "x_max", "y_max"]
 
 
@@ -41,21 +40,20 @@ def load_run(run_dir: Path):
     return cfg, RunPaths(run_dir=run_dir)
 
 
-def find_inputs(inputs: list[str]) -> tuple[list[tuple[str, Path]], list[dict]]:
-    """(image_id = file stem, path) for every file given or found (recursively) in a folder given; inputs
-    that do not exist become failures. Two inputs with one stem are an error naming both."""
+def find_inputs(inputs: list[str], ignored: list[Path] | None = None) -> tuple[list[tuple[str, Path]], list[dict]]:
+    """(image_id = file stem, path) for every file given, and every image found (recursively, as dicom2png
+    finds them: DICOM, PNG, JPEG, BMP, TIFF, WebP, extension-less DICOM) in a folder given; other files in
+    those folders go to ``ignored``. Inputs that do not exist become failures. Two inputs with one stem are
+    an error naming both."""
+    from pipeline.tools.dicom2png import collect_sources
+
     found, failures, seen = [], [], {}
     for raw in inputs:
         p = Path(raw)
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                           and not f.name.startswith("."))
-        elif p.is_file():
-            files = [p]
-        else:
+        if not p.exists():
             failures.append({"image_id": p.stem, "split": "infer", "source": str(p), "reason": "file not found"})
             continue
-        for f in files:
+        for f, _ in collect_sources([p], ignored):
             if f.stem in seen:
                 raise DataError(f"two inputs have the image id {f.stem!r}: {seen[f.stem]} and {f}; rename one "
                                 "(the id is the file name without its extension).")
@@ -157,9 +155,11 @@ def run_infer(run_dir: Path, out: Path, inputs: list[str], conf: float | None = 
     # the class list (dataset.yaml, written by prepare) only matters to the detector and the classifier: a
     # lung-model or gate run (configs/lungs_shenzhen.yaml, configs/gate.yaml) has none
     classes = run_classes(paths) if det_weights or cls_weights else None
-    found, failures = find_inputs(inputs)
+    ignored: list[Path] = []
+    found, failures = find_inputs(inputs, ignored)
     if not found and not failures:
-        raise DataError(f"no image files in {inputs} (DICOM, PNG or JPEG).")
+        raise DataError(f"no image files in {inputs} (DICOM, PNG, JPEG, BMP, TIFF or WebP)"
+                        + (f"; {len(ignored)} other file(s) there, e.g. {ignored[0]}" if ignored else "") + ".")
     use_threads(cfg.run.threads)
     jobs = [ConvertJob(i, "infer", src, work / "images" / f"{i}.png") for i, src in found]
     options = ConvertOptions.from_config(cfg.image)
@@ -179,7 +179,8 @@ def run_infer(run_dir: Path, out: Path, inputs: list[str], conf: float | None = 
     frames = frame_table(meta)
     items = [(i, p, size.at[i, "width"], size.at[i, "height"], tuple(frames.loc[i, ["x0", "y0", "x1", "y1"]]))
              for i, p in pngs]
-    summary: dict = {"run": str(paths.run_dir), "images": len(ok), "out": str(out)}
+    summary: dict = {"run": str(paths.run_dir), "images": len(ok), "out": str(out),
+                     "ignored": [str(p) for p in ignored]}
 
     dets = pd.DataFrame(columns=DETECTION_OUT)
     if det_weights and items:

@@ -119,6 +119,21 @@ def window_to_unit(values: np.ndarray, center: float, width: float, function: st
     return scale_to_unit(values, lo, lo + (width - 1))
 
 
+# The sample depths a 16-bit picture file commonly holds (8-bit data widened, 10/12/14-bit detector data).
+PICTURE_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def picture_bits(img: np.ndarray) -> int:
+    """The bits a picture file's samples use: 8 for uint8; for uint16 the smallest of 8, 10, 12, 14, 16
+    that holds its largest value. A 16-bit PNG or TIFF often carries 12-bit detector data (largest value
+    4095) or widened 8-bit data: divided by 65535 such an image would be nearly black, while dividing by
+    2^bits - 1 maps it as its writer meant (the role BitsStored plays in a DICOM)."""
+    if img.dtype == np.uint8:
+        return 8
+    top = int(img.max()) if img.size else 0
+    return next(b for b in PICTURE_DEPTHS if top < (1 << b))
+
+
 def check_percentiles(percentiles) -> tuple[float, float]:
     try:
         lo, hi = (float(p) for p in percentiles)

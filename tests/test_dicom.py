@@ -116,6 +116,13 @@ def test_png_reading(real_dir, tmp_path):
     grey16 = (raw.astype(np.uint16) * 257)
     cv2.imwrite(str(tmp_path / "g16.png"), grey16)
     np.testing.assert_allclose(dicom.read_image(tmp_path / "g16.png").pixels, raw / 255.0, atol=1e-6)
+    # 12-bit data in a 16-bit file (largest value 4095 or below): scaled by 4095, not by 65535 (near black)
+    cv2.imwrite(str(tmp_path / "g12.png"), ((raw.astype(np.uint32) * 4095 + 127) // 255).astype(np.uint16))
+    g12 = dicom.read_image(tmp_path / "g12.png")
+    assert (g12.bits_stored, g12.mapping) == (12, "png (12 of 16 bits used)")
+    np.testing.assert_allclose(g12.pixels, raw / 255.0, atol=0.5 / 4095 + 1e-6)
+    cv2.imwrite(str(tmp_path / "g8in16.png"), raw.astype(np.uint16))  # 8-bit values widened to 16 bits
+    np.testing.assert_allclose(dicom.read_image(tmp_path / "g8in16.png").pixels, raw / 255.0, atol=1e-6)
     cv2.imwrite(str(tmp_path / "rgb.png"), np.dstack([raw] * 3))
     assert dicom.read_image(tmp_path / "rgb.png").mapping == "png (grey from rgb)"
     colour = np.dstack([raw, raw, 255 - raw])

@@ -82,3 +82,15 @@ def test_reduced_j2k_values_as_the_int32_code_gave(real_dir):
     shift = 16 - j2k.j2k_codestream_info(codestream).precision  # (these files say 16 bits in the codestream)
     old = np.clip((np.asarray(im) >> shift).astype(np.int32), 0, 4095)  # the previous implementation
     assert np.array_equal(values, old)
+
+
+def test_picture_bits_is_the_smallest_usual_depth_holding_the_largest_value():
+    from pipeline.intensity import picture_bits
+
+    cases = {255: 8, 256: 10, 1023: 10, 4095: 12, 4096: 14, 16383: 14, 16384: 16, 65535: 16}
+    for top, bits in cases.items():
+        img = np.zeros((3, 3), np.uint16)
+        img[1, 1] = top
+        assert picture_bits(img) == bits, top
+    assert picture_bits(np.full((2, 2), 255, np.uint8)) == 8
+    assert picture_bits(np.zeros((2, 2), np.uint16)) == 8

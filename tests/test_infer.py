@@ -162,3 +162,32 @@ def test_the_gate_in_infer_decides_every_input_and_sets_aside_what_it_rejects(tm
     assert "set aside" not in fails.loc["broken", "reason"]
     (inputs / "broken.png").unlink()
     assert main(["infer", "--run", str(paths.run_dir), "--out", str(tmp_path / "out2"), str(inputs)]) == 0
+
+
+def test_infer_finds_every_picture_format_in_folders_and_names_the_other_files(tmp_path):
+    """A folder holds BMP, TIFF, JPEG (upper-case suffix), PNG and an extension-less DICOM: each is an
+    input; a text file and a non-DICOM extension-less file are listed as not read, never silently lost."""
+    from pipeline.infer import find_inputs
+
+    real = Path(__file__).resolve().parents[2] / "shared" / "real" / "dicom"
+    pic = (np.arange(64 * 48, dtype=np.uint16).reshape(64, 48) * 20)
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    cv2.imwrite(str(folder / "a.bmp"), (pic // 256).astype(np.uint8))
+    cv2.imwrite(str(folder / "b.tif"), pic)
+    cv2.imwrite(str(folder / "sub" / "c.JPG"), (pic // 256).astype(np.uint8))
+    cv2.imwrite(str(folder / "d.png"), pic)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "README").write_text("no extension, not DICOM")
+    (folder / ".hidden.png").write_bytes(b"skipped: hidden")
+    dicoms = sorted(real.glob("*.dcm")) if real.is_dir() else []
+    if dicoms:
+        (folder / "IM0001").write_bytes(dicoms[0].read_bytes())
+    ignored: list[Path] = []
+    found, failures = find_inputs([str(folder), str(tmp_path / "missing.png")], ignored)
+    ids = sorted(i for i, _ in found)
+    assert ids == sorted(["a", "b", "c", "d"] + (["IM0001"] if dicoms else []))
+    assert sorted(p.name for p in ignored) == ["README", "notes.txt"]
+    assert [f["image_id"] for f in failures] == ["missing"] and failures[0]["reason"] == "file not found"
+    with pytest.raises(Exception, match="two inputs have the image id 'a'"):
+        find_inputs([str(folder), str(folder / "a.bmp")])

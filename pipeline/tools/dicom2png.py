@@ -2,8 +2,8 @@
 
 Writes ``DIR/<stem>.png`` (``DIR/<sub-folder>/<stem>.png`` for files in sub-folders of an input folder,
 whose meta ``split`` is that sub-folder), ``DIR/meta.csv`` and ``DIR/failures.csv`` (always, possibly empty).
-Folders are searched recursively for ``*.dicom``, ``*.dcm``, ``*.png`` and extension-less files that
-are DICOM (``DICM`` at byte 128, or a DICOM data element at byte 0 for files without the preamble);
+Folders are searched recursively for DICOM (``*.dicom``, ``*.dcm``), pictures (PNG, JPEG, BMP, TIFF,
+WebP: ``pipeline.sources.files.IMAGE_SUFFIXES``) and extension-less files that are DICOM (``DICM`` at byte 128, or a DICOM data element at byte 0 for files without the preamble);
 other files found there are counted and named in the summary, not converted. A second run skips images
 whose PNG exists and whose source content and pixel options are unchanged (``DIR/meta.csv`` is the
 record; content digests are cached in ``DIR/.cache``); ``--force`` redoes them. A killed run resumes:
@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.errors import DataError
+from pipeline.sources.files import IMAGE_SUFFIXES
 
-EXTENSIONS = (".dicom", ".dcm", ".png")
 OUTPUT_NAMES = ("meta.csv", "failures.csv")
 CACHE_DIR = ".cache"                   # content-digest cache (pipeline.fingerprint), safe to delete
 JOURNAL_NAME = ".meta-journal.jsonl"   # rows of finished images until meta.csv is written
@@ -58,7 +58,7 @@ def collect_sources(inputs: list[str | Path], ignored: list[Path] | None = None)
             for p in sorted(path.rglob("*")):
                 if not p.is_file() or any(part.startswith(".") for part in p.relative_to(path).parts):
                     continue
-                if p.suffix.lower() in EXTENSIONS or _is_dicom_without_extension(p):
+                if p.suffix.lower() in IMAGE_SUFFIXES or _is_dicom_without_extension(p):
                     found.append((p, "" if p.parent == path else p.parent.relative_to(path).as_posix()))
                 elif ignored is not None:
                     ignored.append(p)

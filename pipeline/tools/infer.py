@@ -25,6 +25,9 @@ def main(argv: list[str]) -> int:
     s = run_infer(a.run, a.out, a.inputs, conf=a.conf, tta=False if a.no_tta else None, workers=a.workers)
     print(f"[infer] {s['images']} image(s), {s['detections']} detection(s) -> {s['out']}/detections.csv; "
           f"overlays in {s['out']}/index.html")
+    if s.get("ignored"):
+        shown = ", ".join(s["ignored"][:5]) + (", ..." if len(s["ignored"]) > 5 else "")
+        print(f"[infer] {len(s['ignored'])} file(s) in the input folders are not images and were not read: {shown}")
     if s.get("set_aside"):
         print(f"[infer] {s['set_aside']} input(s) the gate rejected could not be converted either: set aside "
               f"(see {s['out']}/screen.csv and failures.csv)")
