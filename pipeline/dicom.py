@@ -123,8 +123,8 @@ def read_png(path: str | Path) -> DecodedImage:
 
     These are already display images, so values map linearly: v / (2^bits - 1) (``mapping`` "png" or
     "jpeg", ...), bits being what the samples use (:func:`pipeline.intensity.picture_bits`: a 16-bit file
-    holding 12-bit data is divided by 4095, ``mapping`` "png (12 of 16 bits used)"). A picture stored as RGB(A) whose colour channels are equal is taken as grey (``mapping``
-    "... (grey from rgb)"); for lossy JPEG "equal" allows the small differences its colour compression
+    holding 12-bit data is divided by 4095, ``mapping`` "png (12 of 16 bits used)"). A picture stored as
+    RGB(A) whose colour channels are equal is taken as grey (``mapping`` "... (grey from rgb)"); for lossy JPEG "equal" allows the small differences its colour compression
     leaves (at most 8 grey levels, 1 on average); a truly coloured one is an error.
     """
     import cv2

@@ -41,24 +41,26 @@ def load_run(run_dir: Path):
 
 
 def find_inputs(inputs: list[str], ignored: list[Path] | None = None) -> tuple[list[tuple[str, Path]], list[dict]]:
-    """(image_id = file stem, path) for every file given, and every image found (recursively, as dicom2png
-    finds them: DICOM, PNG, JPEG, BMP, TIFF, WebP, extension-less DICOM) in a folder given; other files in
-    those folders go to ``ignored``. Inputs that do not exist become failures. Two inputs with one stem are
-    an error naming both."""
-    from pipeline.tools.dicom2png import collect_sources
+    """(image_id, path) for every file given, and every image found (recursively, as dicom2png finds them:
+    DICOM, PNG, JPEG, BMP, TIFF, WebP, and DICOM by content whatever the name) in a folder given; other
+    files in those folders go to ``ignored``. The id is the file name without its extension
+    (:func:`pipeline.tools.dicom2png.image_id`). Inputs that do not exist become failures. Two inputs with
+    one id are an error naming both."""
+    from pipeline.tools.dicom2png import collect_sources, image_id
 
     found, failures, seen = [], [], {}
     for raw in inputs:
         p = Path(raw)
         if not p.exists():
-            failures.append({"image_id": p.stem, "split": "infer", "source": str(p), "reason": "file not found"})
+            failures.append({"image_id": image_id(p), "split": "infer", "source": str(p), "reason": "file not found"})
             continue
         for f, _ in collect_sources([p], ignored):
-            if f.stem in seen:
-                raise DataError(f"two inputs have the image id {f.stem!r}: {seen[f.stem]} and {f}; rename one "
+            i = image_id(f)
+            if i in seen:
+                raise DataError(f"two inputs have the image id {i!r}: {seen[i]} and {f}; rename one "
                                 "(the id is the file name without its extension).")
-            seen[f.stem] = f
-            found.append((f.stem, f))
+            seen[i] = f
+            found.append((i, f))
     return found, failures
 
 

@@ -165,11 +165,14 @@ def test_the_gate_in_infer_decides_every_input_and_sets_aside_what_it_rejects(tm
 
 
 def test_infer_finds_every_picture_format_in_folders_and_names_the_other_files(tmp_path):
-    """A folder holds BMP, TIFF, JPEG (upper-case suffix), PNG and an extension-less DICOM: each is an
-    input; a text file and a non-DICOM extension-less file are listed as not read, never silently lost."""
+    """A folder holds BMP, TIFF, JPEG (upper-case suffix), PNG and DICOMs named without an extension, with
+    ``.dic`` and with a UID (whose last dotted part looks like an extension): each is an input; a text file
+    and a non-DICOM extension-less file are listed as not read, never silently lost."""
+    from pydicom.data import get_testdata_file
+
+    from pipeline.errors import DataError
     from pipeline.infer import find_inputs
 
-    real = Path(__file__).resolve().parents[2] / "shared" / "real" / "dicom"
     pic = (np.arange(64 * 48, dtype=np.uint16).reshape(64, 48) * 20)
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)
@@ -180,14 +183,14 @@ def test_infer_finds_every_picture_format_in_folders_and_names_the_other_files(t
     (folder / "notes.txt").write_text("not an image")
     (folder / "README").write_text("no extension, not DICOM")
     (folder / ".hidden.png").write_bytes(b"skipped: hidden")
-    dicoms = sorted(real.glob("*.dcm")) if real.is_dir() else []
-    if dicoms:
-        (folder / "IM0001").write_bytes(dicoms[0].read_bytes())
+    dicom = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    uid = "1.2.840.113619.2.55.3.604688119"
+    for name in ("IM0001", "e.dic", uid, uid[:-1] + "8"):  # two UIDs one digit apart: two ids
+        (folder / name).write_bytes(dicom)
     ignored: list[Path] = []
     found, failures = find_inputs([str(folder), str(tmp_path / "missing.png")], ignored)
-    ids = sorted(i for i, _ in found)
-    assert ids == sorted(["a", "b", "c", "d"] + (["IM0001"] if dicoms else []))
+    assert sorted(i for i, _ in found) == sorted(["a", "b", "c", "d", "IM0001", "e", uid, uid[:-1] + "8"])
     assert sorted(p.name for p in ignored) == ["README", "notes.txt"]
     assert [f["image_id"] for f in failures] == ["missing"] and failures[0]["reason"] == "file not found"
-    with pytest.raises(Exception, match="two inputs have the image id 'a'"):
+    with pytest.raises(DataError, match="two inputs have the image id 'a'"):
         find_inputs([str(folder), str(folder / "a.bmp")])

@@ -2,9 +2,11 @@
 
 Writes ``DIR/<stem>.png`` (``DIR/<sub-folder>/<stem>.png`` for files in sub-folders of an input folder,
 whose meta ``split`` is that sub-folder), ``DIR/meta.csv`` and ``DIR/failures.csv`` (always, possibly empty).
-Folders are searched recursively for DICOM (``*.dicom``, ``*.dcm``), pictures (PNG, JPEG, BMP, TIFF,
-WebP: ``pipeline.sources.files.IMAGE_SUFFIXES``) and extension-less files that are DICOM (``DICM`` at byte 128, or a DICOM data element at byte 0 for files without the preamble);
-other files found there are counted and named in the summary, not converted. A second run skips images
+Folders are searched recursively for DICOM (``*.dicom``, ``*.dcm``) and pictures (PNG, JPEG, BMP, TIFF,
+WebP: ``pipeline.sources.files.IMAGE_SUFFIXES``), and for files of any other name whose content is DICOM
+(``DICM`` at byte 128, or a DICOM data element at byte 0 for files without the preamble): no extension,
+``.dic``, or a UID as the name, whose last dotted part looks like an extension. Other files found there are
+counted and named in the summary, not converted. A second run skips images
 whose PNG exists and whose source content and pixel options are unchanged (``DIR/meta.csv`` is the
 record; content digests are cached in ``DIR/.cache``); ``--force`` redoes them. A killed run resumes:
 finished images are journalled in ``DIR/.meta-journal.jsonl`` until meta.csv is written. Exit status:
@@ -23,21 +25,26 @@ from pipeline.errors import DataError
 from pipeline.sources.files import IMAGE_SUFFIXES
 
 OUTPUT_NAMES = ("meta.csv", "failures.csv")
+ID_SUFFIXES = (*IMAGE_SUFFIXES, ".dic")  # what image_id() takes off a name
 CACHE_DIR = ".cache"                   # content-digest cache (pipeline.fingerprint), safe to delete
 JOURNAL_NAME = ".meta-journal.jsonl"   # rows of finished images until meta.csv is written
 
 
-def _is_dicom_without_extension(path: Path) -> bool:
+def _is_dicom_by_content(path: Path) -> bool:
     from pipeline.dicom_header import looks_like_dicom
 
-    if path.suffix:
-        return False
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
     except OSError:
         return False
     return looks_like_dicom(head)
+
+
+def image_id(path: Path) -> str:
+    """The file name without its extension; a name whose last dotted part is not an image extension (a
+    DICOM named by its UID, 1.2.840.113619.2.55.3.6) is kept whole, so that a series' files stay apart."""
+    return path.stem if path.suffix.lower() in ID_SUFFIXES else path.name
 
 
 def collect_inputs(inputs: list[str | Path], ignored: list[Path] | None = None) -> list[Path]:
@@ -58,7 +65,7 @@ def collect_sources(inputs: list[str | Path], ignored: list[Path] | None = None)
             for p in sorted(path.rglob("*")):
                 if not p.is_file() or any(part.startswith(".") for part in p.relative_to(path).parts):
                     continue
-                if p.suffix.lower() in IMAGE_SUFFIXES or _is_dicom_without_extension(p):
+                if p.suffix.lower() in IMAGE_SUFFIXES or _is_dicom_by_content(p):
                     found.append((p, "" if p.parent == path else p.parent.relative_to(path).as_posix()))
                 elif ignored is not None:
                     ignored.append(p)
@@ -73,13 +80,13 @@ def plan_jobs(sources: list[tuple[Path, str]], out: Path):
 
     by_key: dict[tuple[str, str], Path] = {}
     for src, sub in sources:
-        key = (sub, src.stem)
+        key = (sub, image_id(src))
         if key in by_key and by_key[key].resolve() != src.resolve():
-            dest = out / sub / f"{src.stem}.png"
+            dest = out / sub / f"{key[1]}.png"
             raise DataError(f"two inputs would both write {dest}: {by_key[key]} and {src}; "
                             f"rename one or convert them into different --out folders")
-        if not sub and src.stem in ("meta", "failures"):
-            raise DataError(f"{src}: the name {src.stem!r} would clash with {src.stem}.csv bookkeeping; rename it")
+        if not sub and key[1] in ("meta", "failures"):
+            raise DataError(f"{src}: the name {key[1]!r} would clash with {key[1]}.csv bookkeeping; rename it")
         by_key.setdefault(key, src)
     return [ConvertJob(stem, sub, src, out / sub / f"{stem}.png") for (sub, stem), src in by_key.items()]
 
