@@ -135,13 +135,18 @@ def test_read_rgb_of_bad_files_names_the_file(tmp_path, content):
         read_rgb(bad)
 
 
-def test_collect_images_finds_images_and_extensionless_dicoms(tmp_path):
+def test_collect_images_finds_images_and_dicoms_of_any_name(tmp_path):
     (tmp_path / "sub").mkdir()
     cv2.imwrite(str(tmp_path / "sub" / "a.png"), np.zeros((4, 4), np.uint8))
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "scan").write_bytes(Path(DICOMDIR_CR).read_bytes())
+    (tmp_path / "sub" / "1.2.840.113619.2.55.3.6").write_bytes(Path(DICOMDIR_CR).read_bytes())  # UID-named
+    (tmp_path / "sub" / "b.dic").write_bytes(Path(DICOMDIR_CR).read_bytes())
+    (tmp_path / "sub" / "1.2.3.4").write_bytes(b"not an image, dotted name")
     found = collect_images([tmp_path])
-    assert sorted(p.name for p in found) == ["a.png", "scan"]
+    assert sorted(p.name for p in found) == ["1.2.840.113619.2.55.3.6", "a.png", "b.dic", "scan"]
+    uid = next(p for p in found if p.name.startswith("1.2"))
+    assert read_rgb(uid).shape[2] == 3  # read as the DICOM it is, not refused for its ".6" suffix
     with pytest.raises(DataError, match="does not exist"):
         collect_images([tmp_path / "missing"])
 

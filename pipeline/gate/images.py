@@ -27,7 +27,11 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
 def is_dicom(path: str | Path) -> bool:
-    """True for a ``.dcm``/``.dicom`` name or ``DICM`` at byte 128 (files without an extension)."""
+    """True for a ``.dcm``/``.dicom`` name, or a file of any other name whose content is DICOM (``DICM`` at
+    byte 128, or a known first tag when written without the preamble): extension-less, ``.dic`` and
+    UID-named files (``1.2.840.113619.2.55.3.6``) alike, as ``dicom2png`` finds them."""
+    from pipeline.dicom_header import looks_like_dicom
+
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
@@ -36,7 +40,7 @@ def is_dicom(path: str | Path) -> bool:
             head = fh.read(132)
     except OSError:
         return False
-    return head[128:132] == b"DICM"
+    return looks_like_dicom(head)
 
 
 def is_image_name(path: Path) -> bool:
@@ -45,7 +49,7 @@ def is_image_name(path: Path) -> bool:
 
 def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     """Files named directly (any name), plus the images under named folders (recursive, sorted; hidden
-    files skipped; extension-less files kept when they are DICOM). A missing input is a DataError."""
+    files skipped; a file of any other name kept when its content is DICOM). A missing input is a DataError."""
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -54,7 +58,7 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
         elif path.is_dir():
             for p in sorted(path.rglob("*")):
                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts) and (
-                        is_image_name(p) or (not p.suffix and is_dicom(p))):
+                        is_image_name(p) or is_dicom(p)):
                     found.append(p)
         else:
             raise DataError(f"input {path} does not exist; give image files (DICOM, PNG, JPEG...) or folders")
